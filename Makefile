@@ -1,0 +1,38 @@
+# The two commands the README promises: `make run` (the whole stack) and `make test` (the whole
+# suite, lint and types included). Both set up a fresh machine themselves.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+export PATH := $(HOME)/.local/bin:$(PATH)
+export UV_PYTHON_DOWNLOADS := never
+
+PYTEST_WORKERS ?= auto
+
+.PHONY: test run lint types migrate services sync uv bench-worker bench-api bench-maintenance
+
+uv:
+	@command -v uv >/dev/null || python3 -m pip install --quiet --user uv \
+		|| python3 -m pip install --quiet --user --break-system-packages uv
+
+sync: uv
+	uv sync --locked --all-packages
+
+services: sync
+	uv run python scripts/ensure_services.py
+
+lint: sync
+	uv lock --check
+	uv run ruff check .
+	uv run ruff format --check .
+
+types: sync
+	uv run mypy
+
+test: lint types services
+	uv run pytest -n $(PYTEST_WORKERS) --maxprocesses 6 --dist loadgroup
+
+migrate: sync
+	uv run python scripts/ensure_services.py --create-database
+	uv run alembic upgrade head
+
+run: migrate
+	uv run python scripts/run_stack.py

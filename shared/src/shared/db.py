@@ -1,0 +1,51 @@
+"""The one engine factory. Each process kind builds its engine once, after any fork, and names
+itself to PostgreSQL so `pg_stat_activity` shows who holds each connection."""
+
+from __future__ import annotations
+
+from typing import Literal, TypeAlias
+
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+from sqlalchemy.pool import NullPool
+
+from shared.settings import settings
+
+ProcessKind: TypeAlias = Literal["api", "worker", "beat", "migrate", "test", "bench"]
+
+
+def make_engine(
+    kind: ProcessKind,
+    *,
+    pool_size: int | None = None,
+    max_overflow: int = 0,
+    url: URL | None = None,
+) -> AsyncEngine:
+    """An engine labelled with its process kind; `pool_size=None` means no pool (NullPool).
+
+    Never call this at import time: an engine created before a fork shares its sockets with
+    every child.
+    """
+    pool: dict[str, object] = (
+        {"poolclass": NullPool}
+        if pool_size is None
+        else {"pool_size": pool_size, "max_overflow": max_overflow, "pool_recycle": 1800}
+    )
+    return create_async_engine(
+        url or settings.database,
+        **pool,
+        connect_args={
+            "server_settings": {"application_name": f"backend.{kind}"},
+            "timeout": 5,
+            "command_timeout": 60,
+        },
+    )
+
+
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)

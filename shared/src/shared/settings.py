@@ -1,0 +1,130 @@
+"""The one settings object for the api, the worker, beat and Alembic.
+
+Every value comes from the environment (or an optional `.env`), under the names the README's
+settings table lists. Development defaults make `make run` work with no configuration; in
+`production` the secrets must be set to something else, and start-up names the one that is not.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Annotated, Literal, TypeAlias
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+
+Environment: TypeAlias = Literal["development", "test", "production"]
+
+DEV_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/backend"
+DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105 - development only; production refuses it
+DEV_API_TOKEN = "dev-client-token"  # noqa: S105 - likewise
+
+
+class InsecureSettingsError(ValueError):
+    """A production process was given an empty or development secret."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_ignore_empty=True, extra="ignore")
+
+    environment: Environment = "development"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    database_url: SecretStr = SecretStr(DEV_DATABASE_URL)
+    db_pool_size: int = Field(default=10, ge=1, le=100)
+    db_max_overflow: int = Field(default=5, ge=0, le=100)
+    worker_db_pool_size: int = Field(default=2, ge=1, le=20)
+
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=1025, ge=1, le=65535)
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_starttls: bool = False
+    smtp_timeout: float = Field(default=10.0, gt=0)
+    mail_from: str = "Backend <no-reply@example.com>"
+
+    admin_token: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
+    api_tokens: Annotated[list[SecretStr], NoDecode] = [SecretStr(DEV_API_TOKEN)]
+    api_port: int = Field(default=8000, ge=1, le=65535)
+
+    # Delivery timings: tests shrink these so a kill-and-redeliver case takes seconds.
+    task_soft_time_limit: int = Field(default=300, ge=1)
+    task_time_limit: int = Field(default=360, ge=2)
+    broker_visibility_timeout: int = Field(default=3600, ge=3)
+    task_max_retries: int = Field(default=5, ge=0)
+    task_retry_backoff_max: int = Field(default=600, ge=0)
+    task_max_attempts: int = Field(default=10, ge=1)
+    publish_timeout: float = Field(default=1.0, gt=0)
+
+    # The outbox relay.
+    outbox_relay_interval: float = Field(default=5.0, gt=0)
+    outbox_grace_seconds: float = Field(default=10.0, ge=0)
+    outbox_repair_after: float = Field(default=900.0, gt=0)
+    outbox_batch_size: int = Field(default=500, ge=1, le=10_000)
+
+    # Beat: a crontab expression ("m h dom mon dow", UTC) or a number of seconds.
+    schedule_deactivate_inactive_users: str = "15 3 * * *"
+    schedule_prune_logs: str = "45 3 * * *"
+    beat_lock_timeout: int = Field(default=15, ge=2)
+    beat_max_loop_interval: int = Field(default=5, ge=1)
+
+    heartbeat_dir: str = "/tmp"  # noqa: S108 - an emptyDir in the pods, plain /tmp on a laptop
+
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_driver(cls, value: SecretStr) -> SecretStr:
+        url = make_url(value.get_secret_value())
+        if url.drivername in ("postgresql", "postgres"):
+            url = url.set(drivername="postgresql+asyncpg")
+        if url.drivername != "postgresql+asyncpg":
+            raise ValueError("DATABASE_URL must be a postgresql+asyncpg:// URL")
+        return SecretStr(url.render_as_string(hide_password=False))
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [token.strip() for token in value.split(",") if token.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _timings_are_coherent(self) -> Settings:
+        if not self.task_soft_time_limit < self.task_time_limit < self.broker_visibility_timeout:
+            raise ValueError(
+                "need TASK_SOFT_TIME_LIMIT < TASK_TIME_LIMIT < BROKER_VISIBILITY_TIMEOUT, or a "
+                "running task is delivered a second time while it still runs"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _production_secrets(self) -> Settings:
+        if self.environment != "production":
+            return self
+        problems: list[str] = []
+        admin = self.admin_token.get_secret_value()
+        if admin in ("", DEV_ADMIN_TOKEN):
+            problems.append("ADMIN_TOKEN is empty or the development default")
+        clients = [token.get_secret_value() for token in self.api_tokens]
+        if not clients or any(token in ("", DEV_API_TOKEN, admin) for token in clients):
+            problems.append("API_TOKENS is empty, the development default, or the admin token")
+        if self.smtp_username and not self.smtp_password.get_secret_value():
+            problems.append("SMTP_PASSWORD is empty while SMTP_USERNAME is set")
+        if self.database_url.get_secret_value() == DEV_DATABASE_URL:
+            problems.append("DATABASE_URL is the development default")
+        if problems:
+            raise InsecureSettingsError("refusing to start in production: " + "; ".join(problems))
+        return self
+
+    @cached_property
+    def database(self) -> URL:
+        return make_url(self.database_url.get_secret_value())
+
+    def database_url_for(self, name: str) -> URL:
+        """The same server and credentials, another database (tests: one per xdist worker)."""
+        return self.database.set(database=name)
+
+
+settings = Settings()
