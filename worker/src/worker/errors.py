@@ -1,0 +1,40 @@
+"""Which failures a task retries. Transient means "the same call may work in a moment": the
+database or the mail server is unreachable, slow or restarting. Everything else (bad arguments,
+a refused recipient, a bug) fails at once, with the error recorded on the run."""
+
+from aiosmtplib import (
+    SMTPConnectError,
+    SMTPConnectTimeoutError,
+    SMTPReadTimeoutError,
+    SMTPResponseException,
+    SMTPServerDisconnected,
+)
+from shared.broker import PublishError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+
+ERROR_TEXT_LIMIT = 2000
+
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,  # includes ConnectionError: refused, reset
+    TimeoutError,
+    OperationalError,
+    InterfaceError,
+    DisconnectionError,
+    SMTPConnectError,
+    SMTPConnectTimeoutError,
+    SMTPReadTimeoutError,
+    SMTPServerDisconnected,
+    PublishError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, SMTPResponseException):  # 4xx: try again later; 5xx: never
+        return 400 <= exc.code < 500
+    return isinstance(exc, _TRANSIENT)
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_LIMIT]

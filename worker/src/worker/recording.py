@@ -1,0 +1,181 @@
+"""Every run keeps its task-run row current: STARTED, then SUCCEEDED, RETRYING or FAILED.
+
+The cost that matters is round trips, so a run takes two transactions:
+
+1. The claim, committed before the work: it creates the row for runs that did not come through
+   the API (beat, other producers), counts the attempt, and refuses a run that already finished
+   (a duplicate delivery) or that has been delivered more than TASK_MAX_ATTEMPTS times (a poison
+   message that keeps killing its worker).
+2. The work and SUCCEEDED, in ONE transaction: the task's effect and its record commit
+   together, so a redelivered message finds the run finished and does nothing.
+
+A failure is recorded in a transaction of its own, after the work's transaction rolled back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from celery import Task
+from celery.utils.time import get_exponential_backoff_interval
+from pydantic import TypeAdapter
+from shared.broker import REQUEST_ID_HEADER
+from shared.contracts import ArgsT, ResultT, TaskContract
+from shared.models import FINISHED_STATES, TaskRun, TaskState
+from shared.settings import settings
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from worker.celery_app import get_task_session, run_async
+from worker.errors import describe, is_transient
+
+Core = Callable[[ArgsT, AsyncSession], Awaitable[ResultT]]
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    id: uuid.UUID
+    name: str
+    kwargs: dict[str, object]
+    request_id: str | None
+    retries: int
+    max_retries: int
+
+
+@dataclass(frozen=True)
+class Done(Generic[R]):
+    value: R
+
+
+@dataclass(frozen=True)
+class RetryLater:
+    error: Exception
+    countdown: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    error: Exception
+
+
+async def claim(db: AsyncSession, run: RunContext) -> tuple[TaskState, int, object]:
+    """Mark the run STARTED (creating its row if needed); return its state and attempts.
+
+    A finished run comes back unchanged with its stored result.
+    """
+    now = func.now()
+    new_row = insert(TaskRun).values(
+        id=run.id,
+        name=run.name,
+        kwargs=run.kwargs,
+        state=TaskState.STARTED,
+        attempts=1,
+        request_id=run.request_id,
+        published_at=now,
+        started_at=now,
+    )
+    statement = new_row.on_conflict_do_update(
+        index_elements=[TaskRun.id],
+        set_={
+            "state": TaskState.STARTED,
+            "attempts": TaskRun.attempts + 1,
+            "started_at": now,
+            "published_at": func.coalesce(TaskRun.published_at, now),
+        },
+        where=TaskRun.state.not_in(FINISHED_STATES),
+    ).returning(TaskRun.state, TaskRun.attempts, TaskRun.result)
+    row = (await db.execute(statement)).one_or_none()
+    if row is None:  # finished already: the conflict's WHERE left it alone
+        row = (
+            await db.execute(
+                select(TaskRun.state, TaskRun.attempts, TaskRun.result).where(TaskRun.id == run.id)
+            )
+        ).one()
+    return row.state, row.attempts, row.result
+
+
+async def record(db: AsyncSession, run_id: uuid.UUID, state: TaskState, **values: object) -> None:
+    """Move an unfinished run to `state`. A finished run is never rewritten: when a duplicate
+    delivery runs beside the original, the first outcome recorded stays."""
+    if state in FINISHED_STATES:
+        values["finished_at"] = func.now()
+    await db.execute(
+        update(TaskRun)
+        .where(TaskRun.id == run_id, TaskRun.state.not_in(FINISHED_STATES))
+        .values(state=state, **values)
+    )
+
+
+async def execute(
+    run: RunContext, contract: TaskContract[ArgsT, ResultT], core: Core[ArgsT, ResultT]
+) -> Done[ResultT] | RetryLater | Failed:
+    results = TypeAdapter(contract.result)
+    async with get_task_session() as db:
+        state, attempts, stored = await claim(db, run)
+    if state in FINISHED_STATES:
+        return Done(results.validate_python(stored))
+    if attempts > settings.task_max_attempts:
+        error = RuntimeError(f"delivered {attempts} times without finishing: not run again")
+        async with get_task_session() as db:
+            await record(db, run.id, TaskState.FAILED, error=describe(error))
+        return Failed(error)
+    try:
+        async with get_task_session() as db:
+            args = contract.args.model_validate(run.kwargs)
+            value = await core(args, db)
+            await record(
+                db, run.id, TaskState.SUCCEEDED, result=results.dump_python(value, mode="json")
+            )
+        return Done(value)
+    except Exception as exc:
+        outcome: RetryLater | Failed
+        if is_transient(exc) and run.retries < run.max_retries:
+            countdown = get_exponential_backoff_interval(
+                factor=2,
+                retries=run.retries,
+                maximum=settings.task_retry_backoff_max,
+                full_jitter=True,
+            )
+            outcome, state, extra = (
+                RetryLater(exc, countdown),
+                TaskState.RETRYING,
+                {"published_at": func.now()},
+            )
+        else:
+            outcome, state, extra = Failed(exc), TaskState.FAILED, {}
+        try:
+            async with get_task_session() as db:
+                await record(db, run.id, state, error=describe(exc), **extra)
+        except Exception as record_error:  # the database may be what failed; the relay repairs
+            exc.add_note(f"could not record {state}: {describe(record_error)}")
+        return outcome
+
+
+def run_recorded(
+    task: Task[Any, Any],
+    contract: TaskContract[ArgsT, ResultT],
+    core: Core[ArgsT, ResultT],
+    kwargs: dict[str, object],
+) -> ResultT:
+    """The body of every task: run the core with its run recorded, then let Celery retry or
+    fail the message according to the outcome."""
+    request = task.request
+    run = RunContext(
+        id=uuid.UUID(request.id),
+        name=contract.name,
+        kwargs=kwargs,
+        request_id=getattr(request, REQUEST_ID_HEADER, None),
+        retries=request.retries or 0,
+        max_retries=task.max_retries or 0,
+    )
+    outcome = run_async(execute(run, contract, core))
+    if isinstance(outcome, RetryLater):
+        raise task.retry(exc=outcome.error, countdown=outcome.countdown)
+    if isinstance(outcome, Failed):
+        raise outcome.error
+    return outcome.value
