@@ -3,6 +3,18 @@ tests/environment.py (loaded by `-p tests.environment`) has already pointed sett
 worker's test databases."""
 
 from tests.fixtures.database import db, e2e_database, e2e_engine, test_database, test_engine
+from tests.fixtures.processes import processes
 from tests.fixtures.redis import e2e_redis, redis
+from tests.fixtures.smtp import smtp_server
 
-__all__ = ["db", "e2e_database", "e2e_engine", "e2e_redis", "redis", "test_database", "test_engine"]
+__all__ = [
+    "db",
+    "e2e_database",
+    "e2e_engine",
+    "e2e_redis",
+    "processes",
+    "redis",
+    "smtp_server",
+    "test_database",
+    "test_engine",
+]

@@ -1,0 +1,69 @@
+"""Tasks that exist only for tests. A test worker runs `celery -A tests.worker.probe_tasks`:
+the production app with every production task, plus these."""
+
+import asyncio
+import json
+import os
+from typing import Any
+
+from celery import Task
+from redis import Redis
+from shared.contracts import Queue, TaskArgs, TaskContract
+from shared.models import User
+from shared.settings import settings
+from sqlalchemy import text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from worker.celery_app import app, get_task_session, run_async
+from worker.recording import run_recorded
+
+__all__ = ["app"]
+
+REPORTS_KEY = "probe:reports"
+
+
+def report(document: dict[str, object]) -> None:
+    """Tell the test what happened, through Redis (the worker keeps no results)."""
+    with Redis.from_url(settings.redis_url.get_secret_value()) as redis:
+        redis.rpush(REPORTS_KEY, json.dumps(document))
+
+
+async def _whoami() -> dict[str, object]:
+    async with get_task_session() as session:
+        backend_pid = await session.scalar(text("SELECT pg_backend_pid()"))
+    return {"os_pid": os.getpid(), "backend_pid": backend_pid}
+
+
+@app.task(name="tests.backend_pid")
+def backend_pid() -> None:
+    report(run_async(_whoami()))
+
+
+@app.task(name="tests.backend_pid_asyncio_run")
+def backend_pid_asyncio_run() -> None:
+    """The original standard's form: a fresh event loop per task."""
+    report(asyncio.run(_whoami()))
+
+
+class SlowUpdateArgs(TaskArgs):
+    user_id: int
+    seconds: float
+
+
+SLOW_UPDATE = TaskContract(
+    "tests.slow_update", SlowUpdateArgs, int, Queue.DEFAULT, enqueueable=False
+)
+
+
+@app.task(name=SLOW_UPDATE.name, bind=True)
+def slow_update(self: Task[Any, Any], /, **kwargs: object) -> int:
+    return run_recorded(self, SLOW_UPDATE, _slow_update, kwargs)
+
+
+async def _slow_update(args: SlowUpdateArgs, db: AsyncSession) -> int:
+    """Appends one "+" to the user's name, then lingers before the commit."""
+    await db.execute(
+        update(User).where(User.id == args.user_id).values(full_name=User.full_name + "+")
+    )
+    report({"started": os.getpid()})
+    await asyncio.sleep(args.seconds)
+    return 1

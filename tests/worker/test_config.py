@@ -1,0 +1,52 @@
+"""The delivery settings, decided explicitly (see worker/celery_app.py for why each)."""
+
+from celery.schedules import crontab, schedule
+from shared.contracts import CONTRACTS, Queue
+from shared.settings import settings
+from worker.celery_app import app, schedule_from_setting
+
+conf = app.conf
+
+
+def test_json_only_never_pickle() -> None:
+    assert conf.accept_content == ["json"]
+    assert conf.task_serializer == "json"
+    assert conf.result_accept_content == ["json"]
+
+
+def test_late_acks_and_redelivery_when_a_child_dies() -> None:
+    assert conf.task_acks_late is True
+    assert conf.task_reject_on_worker_lost is True
+    assert conf.worker_prefetch_multiplier == 1
+
+
+def test_time_limits_nest_inside_the_visibility_timeout() -> None:
+    broker = conf.broker_transport_options["visibility_timeout"]
+    assert broker == conf.result_backend_transport_options["visibility_timeout"]
+    assert conf.task_soft_time_limit < conf.task_time_limit < broker
+    assert conf.task_time_limit == settings.task_time_limit
+
+
+def test_results_are_not_kept_by_celery() -> None:
+    assert conf.task_ignore_result is True
+
+
+def test_running_tasks_stop_when_the_broker_connection_is_lost() -> None:
+    assert conf.worker_cancel_long_running_tasks_on_connection_loss is True
+
+
+def test_queues_and_routes_come_from_the_contracts() -> None:
+    assert {queue.name for queue in conf.task_queues} == {q.value for q in Queue}
+    assert conf.task_routes == {
+        name: {"queue": contract.queue.value} for name, contract in CONTRACTS.items()
+    }
+
+
+def test_schedule_settings_accept_crontab_or_seconds() -> None:
+    nightly = schedule_from_setting("15 3 * * *")
+    assert isinstance(nightly, crontab)
+    assert nightly.hour == {3}  # type: ignore[attr-defined]  # set in __init__, not stubbed
+    assert nightly.minute == {15}  # type: ignore[attr-defined]
+    fast = schedule_from_setting("2")
+    assert isinstance(fast, schedule)
+    assert fast.run_every.total_seconds() == 2  # type: ignore[attr-defined]

@@ -1,0 +1,140 @@
+"""The task runtime in a real prefork worker, against the real broker and database."""
+
+import json
+import os
+import signal
+import uuid
+from collections import defaultdict
+
+from redis.asyncio import Redis
+from shared.broker import Broker, TaskMessage
+from shared.contracts import SEND_WELCOME_EMAIL
+from shared.models import TaskRun, TaskState, User
+from sqlalchemy import insert, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.fixtures.processes import Processes
+from tests.fixtures.smtp import Mailbox
+from tests.fixtures.waiting import eventually
+from tests.worker.probe_tasks import REPORTS_KEY, SLOW_UPDATE
+
+PROBE_APP = "tests.worker.probe_tasks"
+LOOP_ERRORS = ("attached to a different loop", "another operation is in progress", "loop is closed")
+
+
+async def publish(redis: Redis, name: str, count: int = 1, **kwargs: object) -> list[uuid.UUID]:
+    messages = [TaskMessage(uuid.uuid4(), name, kwargs, "default") for _ in range(count)]
+    await Broker(redis, timeout=5).publish(messages)
+    return [m.id for m in messages]
+
+
+async def reports(redis: Redis, count: int, timeout: float = 90) -> list[dict[str, int]]:
+    async def enough() -> bool:
+        return int(await redis.llen(REPORTS_KEY)) >= count
+
+    await eventually(enough, timeout, f"{count} task reports")
+    return [json.loads(r) for r in await redis.lrange(REPORTS_KEY, 0, -1)]
+
+
+async def worker_connections(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        count = await conn.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE application_name = 'backend.worker' AND datname = current_database()"
+            )
+        )
+    return int(count or 0)
+
+
+async def test_each_child_reuses_its_own_connections(
+    processes: Processes, e2e_redis: Redis, e2e_engine: AsyncEngine
+) -> None:
+    pool_size = 2
+    worker = processes.worker(app=PROBE_APP, concurrency=2, WORKER_DB_POOL_SIZE=str(pool_size))
+    await publish(e2e_redis, "tests.backend_pid", count=250)
+    done = await reports(e2e_redis, 250)
+    peak_connections = await worker_connections(e2e_engine)
+
+    backends_by_process: dict[int, set[int]] = defaultdict(set)
+    processes_by_backend: dict[int, set[int]] = defaultdict(set)
+    tasks_by_process: dict[int, int] = defaultdict(int)
+    for report in done:
+        backends_by_process[report["os_pid"]].add(report["backend_pid"])
+        processes_by_backend[report["backend_pid"]].add(report["os_pid"])
+        tasks_by_process[report["os_pid"]] += 1
+
+    assert len(done) == 250
+    assert all(len(pids) == 1 for pids in processes_by_backend.values()), "a connection shared"
+    assert all(len(b) <= pool_size for b in backends_by_process.values()), backends_by_process
+    assert len(tasks_by_process) == 2
+    assert all(n >= 20 for n in tasks_by_process.values()), tasks_by_process
+    assert peak_connections <= 2 * pool_size
+    assert not any(error in worker.output() for error in LOOP_ERRORS)
+
+
+async def test_the_asyncio_run_form_still_works_for_many_tasks(
+    processes: Processes, e2e_redis: Redis, e2e_engine: AsyncEngine
+) -> None:
+    worker = processes.worker(app=PROBE_APP, concurrency=2)
+    await publish(e2e_redis, "tests.backend_pid_asyncio_run", count=60)
+    done = await reports(e2e_redis, 60)
+    assert len(done) == 60
+    assert len({r["os_pid"] for r in done}) <= 2
+    assert await worker_connections(e2e_engine) == 0  # each closed with its loop
+    assert "Traceback" not in worker.output()
+
+
+async def run_states(engine: AsyncEngine, ids: list[uuid.UUID]) -> dict[uuid.UUID, TaskRun]:
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(TaskRun).where(TaskRun.id.in_(ids)))).all()
+    return {row.id: row for row in rows}  # type: ignore[misc]
+
+
+async def test_welcome_email_arrives_once_even_when_enqueued_twice(
+    processes: Processes, e2e_redis: Redis, e2e_engine: AsyncEngine, smtp_server: Mailbox
+) -> None:
+    async with e2e_engine.begin() as conn:
+        user_id = await conn.scalar(
+            insert(User)
+            .values(email="ada@example.com", full_name="Ada Lovelace")
+            .returning(User.id)
+        )
+    runs = await publish(e2e_redis, SEND_WELCOME_EMAIL.name, count=2, user_id=user_id)
+    # The same run delivered twice, as at-least-once delivery allows.
+    duplicate = TaskMessage(runs[0], SEND_WELCOME_EMAIL.name, {"user_id": user_id}, "default")
+    await Broker(e2e_redis, timeout=5).publish([duplicate])
+    processes.worker(SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp_server.port))
+
+    async def all_succeeded() -> bool:
+        states = await run_states(e2e_engine, runs)
+        return len(states) == 2 and all(r.state == TaskState.SUCCEEDED for r in states.values())
+
+    await eventually(all_succeeded, 30, "both runs to succeed")
+    assert len(smtp_server.to("ada@example.com")) == 1
+    results = sorted(str(r.result) for r in (await run_states(e2e_engine, runs)).values())
+    assert results == ["False", "True"]
+
+
+async def test_a_child_killed_mid_task_gets_its_message_again_and_applies_it_once(
+    processes: Processes, e2e_redis: Redis, e2e_engine: AsyncEngine
+) -> None:
+    async with e2e_engine.begin() as conn:
+        user_id = await conn.scalar(
+            insert(User).values(email="k@example.com", full_name="K").returning(User.id)
+        )
+    processes.worker(app=PROBE_APP, concurrency=1)
+    [run_id] = await publish(e2e_redis, SLOW_UPDATE.name, user_id=user_id, seconds=3)
+    [first] = await reports(e2e_redis, 1)
+    os.kill(first["started"], signal.SIGKILL)
+
+    async def succeeded() -> bool:
+        run = (await run_states(e2e_engine, [run_id])).get(run_id)
+        return run is not None and run.state == TaskState.SUCCEEDED
+
+    await eventually(succeeded, 60, "the redelivered run to succeed")
+    run = (await run_states(e2e_engine, [run_id]))[run_id]
+    assert run.attempts == 2
+    async with e2e_engine.connect() as conn:
+        name = await conn.scalar(select(User.full_name).where(User.id == user_id))
+    assert name == "K+"

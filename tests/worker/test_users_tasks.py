@@ -1,0 +1,95 @@
+"""The users tasks' async cores, on a real session that is rolled back after each test."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from shared.contracts import NoArgs, SendWelcomeEmailArgs
+from shared.models import User
+from shared.settings import settings
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+from worker.users.tasks import deactivate_inactive_users_core, send_welcome_email_core
+
+from tests.fixtures.smtp import Mailbox
+
+
+@pytest.fixture
+def mail_to(smtp_server: Mailbox, monkeypatch: pytest.MonkeyPatch) -> Mailbox:
+    monkeypatch.setattr(settings, "smtp_host", "127.0.0.1")
+    monkeypatch.setattr(settings, "smtp_port", smtp_server.port)
+    return smtp_server
+
+
+async def add_user(db: AsyncSession, email: str = "grace@example.com", **values: object) -> User:
+    user = User(email=email, full_name="Grace Hopper", **values)
+    db.add(user)
+    await db.flush()
+    return user
+
+
+async def test_welcome_email_is_sent_once_with_text_and_html(
+    db: AsyncSession, mail_to: Mailbox
+) -> None:
+    user = await add_user(db)
+    assert await send_welcome_email_core(SendWelcomeEmailArgs(user_id=user.id), db) is True
+    assert await send_welcome_email_core(SendWelcomeEmailArgs(user_id=user.id), db) is False
+
+    [message] = mail_to.to("grace@example.com")
+    assert message["From"] == settings.mail_from
+    assert [part.get_content_type() for part in message.walk()][1:] == ["text/plain", "text/html"]
+    await db.refresh(user)
+    assert user.welcome_email_sent_at is not None
+
+
+async def test_welcome_email_for_an_unknown_user_returns_false(
+    db: AsyncSession, mail_to: Mailbox
+) -> None:
+    assert await send_welcome_email_core(SendWelcomeEmailArgs(user_id=987654), db) is False
+    assert mail_to.messages == []
+
+
+async def test_an_unreachable_mail_server_is_an_error_and_nothing_is_marked(
+    db: AsyncSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "smtp_port", 9)  # discard port: nothing listens
+    user = await add_user(db)
+    with pytest.raises(OSError, match="connect"):
+        await send_welcome_email_core(SendWelcomeEmailArgs(user_id=user.id), db)
+    await db.refresh(user)
+    assert user.welcome_email_sent_at is None
+
+
+async def test_deactivates_users_idle_for_90_days_across_batches(db: AsyncSession) -> None:
+    now = datetime.now(UTC)
+    long_ago, recently = now - timedelta(days=91), now - timedelta(days=89)
+    # Ids far apart, so the work spans several primary-key batches.
+    rows = [
+        (1, "old-seen@example.com", long_ago, recently, True),  # created long ago, seen lately
+        (15_000, "idle@example.com", long_ago, long_ago, True),
+        (31_000, "never-seen-old@example.com", long_ago, None, True),
+        (45_000, "new@example.com", recently, None, True),
+        (60_000, "gone@example.com", long_ago, None, False),  # already inactive
+    ]
+    for user_id, email, created_at, last_seen_at, active in rows:
+        await db.execute(
+            text(
+                "INSERT INTO users (id, email, full_name, created_at, last_seen_at, is_active) "
+                "OVERRIDING SYSTEM VALUE VALUES (:id, :email, 'x', :created, :seen, :active)"
+            ),
+            {"id": user_id, "email": email, "created": created_at, "seen": last_seen_at,
+             "active": active},
+        )  # fmt: skip
+    assert await deactivate_inactive_users_core(NoArgs(), db) == 2
+    assert await deactivate_inactive_users_core(NoArgs(), db) == 0
+
+    users = {u.email: u for u in (await db.scalars(select(User))).all()}
+    assert not users["idle@example.com"].is_active
+    assert users["idle@example.com"].deactivated_at is not None
+    assert not users["never-seen-old@example.com"].is_active
+    assert users["old-seen@example.com"].is_active
+    assert users["new@example.com"].is_active
+    assert users["gone@example.com"].deactivated_at is None
+
+
+async def test_deactivating_nobody_returns_zero(db: AsyncSession) -> None:
+    assert await deactivate_inactive_users_core(NoArgs(), db) == 0
