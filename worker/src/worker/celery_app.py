@@ -32,6 +32,7 @@ from celery.schedules import crontab, schedule
 from celery.signals import worker_process_init, worker_process_shutdown
 from kombu import Queue as KombuQueue
 from redis.asyncio import Redis
+from shared.beat import REDBEAT_KEY_PREFIX
 from shared.broker import Broker, connect_redis
 from shared.contracts import (
     CONTRACTS,
@@ -87,6 +88,7 @@ app.conf.update(
     # Beat: schedule state and a lock in Redis (celery-redbeat). A short lock means a killed
     # beat is replaced within seconds; every loop renews it well before it expires.
     beat_scheduler="redbeat.RedBeatScheduler",
+    redbeat_key_prefix=REDBEAT_KEY_PREFIX,
     redbeat_redis_url=settings.redis_url.get_secret_value(),
     redbeat_lock_timeout=settings.beat_lock_timeout,
     beat_max_loop_interval=settings.beat_max_loop_interval,

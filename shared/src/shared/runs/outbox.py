@@ -16,7 +16,7 @@ from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.broker import Broker, TaskMessage
-from shared.contracts import CONTRACTS, ArgsT, Queue, TaskContract
+from shared.contracts import CONTRACTS, ArgsT, Queue, ResultT, TaskContract
 from shared.models import TaskRun, TaskState
 
 # A run STARTED this long past the hard time limit has no live worker: Celery killed it.
@@ -24,7 +24,7 @@ DEAD_RUN_MARGIN = timedelta(seconds=30)
 
 
 def new_run(
-    contract: TaskContract[ArgsT, object],
+    contract: TaskContract[ArgsT, ResultT],
     args: ArgsT,
     *,
     request_id: str | None = None,

@@ -1,0 +1,43 @@
+"""What routes depend on: the database session and the app's long-lived resources."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from redis.asyncio import Redis
+from shared.broker import Broker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from api.publisher import Publisher
+
+
+@dataclass
+class Resources:
+    """Built once per process in the lifespan (never at import time), closed at shutdown."""
+
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    redis: Redis
+    broker: Broker
+    publisher: Publisher
+
+
+def get_resources(request: Request) -> Resources:
+    resources: Resources = request.app.state.resources
+    return resources
+
+
+async def get_db(
+    resources: Annotated[Resources, Depends(get_resources)],
+) -> AsyncIterator[AsyncSession]:
+    """A session per request. Services commit explicitly: a commit here, after the response,
+    could fail after the client was told it succeeded."""
+    async with resources.sessions() as session:
+        yield session
+
+
+DbSession = Annotated[AsyncSession, Depends(get_db)]
+AppResources = Annotated[Resources, Depends(get_resources)]

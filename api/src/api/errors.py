@@ -1,0 +1,64 @@
+"""Domain errors and outages as HTTP responses, in one place. Every error body keeps FastAPI's
+shape, `{"detail": ...}`."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from shared.errors import Conflict, DomainError, InvalidInput, NotFound
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+log = logging.getLogger(__name__)
+
+STATUS_FOR: dict[type[DomainError], int] = {NotFound: 404, Conflict: 409, InvalidInput: 422}
+DATABASE_DOWN = "the database is unavailable; try again shortly"
+
+
+class ErrorOut(BaseModel):
+    detail: str
+
+
+DESCRIPTIONS = {
+    401: "Missing or invalid bearer token",
+    403: "The token may not use this endpoint",
+    404: "Not found",
+    409: "Conflict with the current state",
+    413: "Request body too large",
+    422: "Invalid input",
+    503: "A dependency is unavailable; retry later",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
+    """OpenAPI declarations for the error statuses a route can return."""
+    declared: dict[int | str, dict[str, object]] = {
+        s: {"model": ErrorOut, "description": DESCRIPTIONS[s]} for s in statuses if s != 422
+    }
+    if 422 in statuses:  # FastAPI's own validation errors carry a list; ours carry a string
+        declared[422] = {"description": DESCRIPTIONS[422]}
+    return {**declared, 503: {"model": ErrorOut, "description": DESCRIPTIONS[503]}}
+
+
+async def on_domain_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    status = next((STATUS_FOR[c] for c in type(exc).__mro__ if c in STATUS_FOR), 400)
+    return JSONResponse({"detail": str(exc)}, status_code=status)
+
+
+async def on_database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, DBAPIError) and not (
+        exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    ):
+        raise exc  # a real bug, not an outage: let it be a 500 with its traceback logged
+    log.warning("database unavailable: %s", type(exc).__name__)
+    return JSONResponse({"detail": DATABASE_DOWN}, status_code=503, headers={"Retry-After": "5"})
+
+
+def add_exception_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(DomainError, on_domain_error)
+    for outage in (DBAPIError, PoolTimeoutError, OSError, TimeoutError):
+        app.add_exception_handler(outage, on_database_unavailable)

@@ -1,0 +1,60 @@
+"""The API application: `uvicorn api.main:create_app --factory`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from shared.broker import Broker, connect_redis
+from shared.db import make_engine, make_sessionmaker
+from shared.schema import ensure_schema_current
+from shared.settings import settings
+
+from api import health
+from api.deps import Resources
+from api.errors import add_exception_handlers
+from api.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMiddleware
+from api.publisher import Publisher
+from api.tasks.routes import router as tasks_router
+from api.users.routes import router as users_router
+
+SHUTDOWN_PUBLISH_SECONDS = 2.0
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    engine = make_engine(
+        "api", pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+    )
+    await ensure_schema_current(engine)
+    sessions = make_sessionmaker(engine)
+    redis = connect_redis(settings.redis_url.get_secret_value(), settings.publish_timeout)
+    broker = Broker(redis, settings.publish_timeout)
+    publisher = Publisher(broker, sessions)
+    publisher.start()
+    app.state.resources = Resources(engine, sessions, redis, broker, publisher)
+    try:
+        yield
+    finally:
+        await publisher.close(SHUTDOWN_PUBLISH_SECONDS)
+        await redis.aclose()
+        await engine.dispose()
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="Backend API",
+        version="0.1.0",
+        description="Users, and the background tasks that serve them.",
+        lifespan=lifespan,
+    )
+    add_exception_handlers(app)
+    app.include_router(health.router)
+    app.include_router(users_router)
+    app.include_router(tasks_router)
+    # Outermost last: the request id exists before anything logs or measures.
+    app.add_middleware(MetricsMiddleware)
+    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(RequestIdMiddleware)
+    return app

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from shared.models import TaskState
+
+from api.text import Printable, Trimmed
+
+TaskName = Annotated[str, Trimmed, Field(min_length=1, max_length=200), Printable]
+
+
+class TaskEnqueueIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: TaskName = Field(description="A task name, e.g. maintenance.prune_logs")
+    kwargs: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class TaskAcceptedOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    state: TaskState
+
+
+class TaskRunOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True, extra="forbid")
+
+    id: uuid.UUID
+    name: str
+    kwargs: dict[str, JsonValue]
+    state: TaskState
+    result: JsonValue
+    error: str | None
+    attempts: int
+    request_id: str | None
+    created_at: datetime
+    published_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class TaskRunPage(BaseModel):
+    items: list[TaskRunOut]
+    next_cursor: str | None
+
+
+class ScheduleOut(BaseModel):
+    name: str
+    task: str
+    schedule: str = Field(description="A crontab expression (UTC) or an interval")
+    next_run_at: datetime | None
+    last_run_at: datetime | None
