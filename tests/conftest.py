@@ -2,12 +2,15 @@
 tests/environment.py (loaded by `-p tests.environment`) has already pointed settings at this
 worker's test databases."""
 
+from tests.fixtures.api import api_app, client
 from tests.fixtures.database import db, e2e_database, e2e_engine, test_database, test_engine
 from tests.fixtures.processes import processes
 from tests.fixtures.redis import e2e_redis, redis
 from tests.fixtures.smtp import smtp_server
 
 __all__ = [
+    "api_app",
+    "client",
     "db",
     "e2e_database",
     "e2e_engine",

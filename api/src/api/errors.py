@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import logging
 
+import json
+
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from shared.errors import Conflict, DomainError, InvalidInput, NotFound
@@ -43,6 +47,19 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, object]]:
     return {**declared, 503: {"model": ErrorOut, "description": DESCRIPTIONS[503]}}
 
 
+class AsciiJSONResponse(JSONResponse):
+    """Escapes non-ASCII: validation errors echo the input, which may hold lone surrogates
+    that cannot be encoded as UTF-8 (the default rendering would fail with a 500)."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode()
+
+
+async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+
+
 async def on_domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
     status = next((STATUS_FOR[c] for c in type(exc).__mro__ if c in STATUS_FOR), 400)
@@ -59,6 +76,7 @@ async def on_database_unavailable(request: Request, exc: Exception) -> JSONRespo
 
 
 def add_exception_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(DomainError, on_domain_error)
     for outage in (DBAPIError, PoolTimeoutError, OSError, TimeoutError):
         app.add_exception_handler(outage, on_database_unavailable)

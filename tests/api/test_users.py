@@ -1,0 +1,205 @@
+import asyncio
+import uuid
+
+import pytest
+from httpx import ASGITransport, AsyncClient
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from api.deps import get_db
+from api.main import create_app
+from shared.contracts import SEND_WELCOME_EMAIL
+from shared.db import make_sessionmaker
+from shared.models import TaskRun, TaskState, User
+from tests.fixtures.api import CLIENT
+
+
+async def create(client: AsyncClient, email: str = "ada@example.com", **extra: object) -> dict:  # type: ignore[type-arg]
+    response = await client.post(
+        "/users", json={"email": email, "full_name": "Ada Lovelace", **extra}, headers=CLIENT
+    )
+    assert response.status_code == 201, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+async def test_create_user_records_the_welcome_run_in_the_same_transaction(
+    client: AsyncClient, db: AsyncSession
+) -> None:
+    response = await client.post(
+        "/users",
+        json={"email": "  Ada@Example.COM ", "full_name": " Ada Lovelace "},
+        headers={**CLIENT, "X-Request-ID": "req-42"},
+    )
+    assert response.status_code == 201
+    body = response.json()
+    assert response.headers["Location"] == f"/users/{body['id']}"
+    assert response.headers["X-Request-ID"] == "req-42"
+    assert body["email"] == "Ada@example.com"
+    assert body["full_name"] == "Ada Lovelace"
+    assert body["is_active"] is True
+    run = await db.get(TaskRun, uuid.UUID(body["welcome_run_id"]))
+    assert run is not None
+    assert run.name == SEND_WELCOME_EMAIL.name
+    assert run.kwargs == {"user_id": body["id"]}
+    assert run.state == TaskState.QUEUED
+    assert run.request_id == "req-42"
+
+
+async def test_duplicate_email_in_another_case_is_409(client: AsyncClient) -> None:
+    await create(client, "ada@example.com")
+    response = await client.post(
+        "/users", json={"email": "ADA@example.com", "full_name": "Other"}, headers=CLIENT
+    )
+    assert response.status_code == 409
+    assert response.json() == {"detail": "a user with this email already exists"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"email": "not-an-email", "full_name": "X"},
+        {"email": "a@example.com", "full_name": ""},
+        {"email": "a@example.com", "full_name": "   "},
+        {"email": "a@example.com", "full_name": "x" * 201},
+        {"email": "a@example.com", "full_name": "nul\u0000byte"},
+        {"email": "a@example.com"},
+        {"email": "a@example.com", "full_name": "X", "is_admin": True},
+        {"email": 42, "full_name": "X"},
+    ],
+)
+async def test_invalid_input_is_422(client: AsyncClient, body: dict[str, object]) -> None:
+    response = await client.post("/users", json=body, headers=CLIENT)
+    assert response.status_code == 422
+    assert "detail" in response.json()
+
+
+async def test_sql_looking_and_unicode_names_are_stored_verbatim(client: AsyncClient) -> None:
+    name = "Robert'); DROP TABLE users;-- 🎉 Zoë 日本"
+    created = await create(client, full_name=name)
+    fetched = await client.get(f"/users/{created['id']}", headers=CLIENT)
+    assert fetched.json()["full_name"] == name
+
+
+async def test_read_update_activity_delete(client: AsyncClient, db: AsyncSession) -> None:
+    user = await create(client)
+    uid = user["id"]
+    assert (await client.get(f"/users/{uid}", headers=CLIENT)).json()["email"] == user["email"]
+
+    patched = await client.patch(f"/users/{uid}", json={"is_active": False}, headers=CLIENT)
+    assert patched.status_code == 200
+    assert patched.json()["is_active"] is False
+    assert patched.json()["deactivated_at"] is not None
+    renamed = await client.patch(f"/users/{uid}", json={"full_name": "Ada K."}, headers=CLIENT)
+    assert renamed.json()["full_name"] == "Ada K."
+    assert renamed.json()["is_active"] is False
+
+    assert (await client.post(f"/users/{uid}/activity", headers=CLIENT)).status_code == 204
+    seen = (await client.get(f"/users/{uid}", headers=CLIENT)).json()
+    assert seen["last_seen_at"] is not None
+
+    assert (await client.delete(f"/users/{uid}", headers=CLIENT)).status_code == 204
+    assert (await client.get(f"/users/{uid}", headers=CLIENT)).status_code == 404
+    # The user's runs stay in the log.
+    assert await db.scalar(select(func.count()).select_from(TaskRun)) == 1
+
+
+@pytest.mark.parametrize("method", ["GET", "PATCH", "DELETE"])
+async def test_unknown_user_is_404(client: AsyncClient, method: str) -> None:
+    kwargs = {"json": {"full_name": "X"}} if method == "PATCH" else {}
+    response = await client.request(method, "/users/999999", headers=CLIENT, **kwargs)  # type: ignore[arg-type]
+    assert response.status_code == 404
+    assert (await client.post("/users/999999/activity", headers=CLIENT)).status_code == 404
+
+
+@pytest.mark.parametrize("user_id", ["0", "-1", str(2**63), "99999999999999999999", "abc"])
+async def test_out_of_range_ids_are_422(client: AsyncClient, user_id: str) -> None:
+    assert (await client.get(f"/users/{user_id}", headers=CLIENT)).status_code == 422
+
+
+async def test_list_pages_with_a_keyset_cursor_and_filters(client: AsyncClient) -> None:
+    ids = [(await create(client, f"u{i}@example.com"))["id"] for i in range(5)]
+    await client.patch(f"/users/{ids[1]}", json={"is_active": False}, headers=CLIENT)
+
+    seen: list[int] = []
+    cursor = None
+    while True:
+        params: dict[str, str | int] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = (await client.get("/users", params=params, headers=CLIENT)).json()
+        seen += [u["id"] for u in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids
+    inactive = (await client.get("/users?is_active=false", headers=CLIENT)).json()
+    assert [u["id"] for u in inactive["items"]] == [ids[1]]
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=201", "limit=-5", "cursor=%%%", "cursor=e30="])
+async def test_bad_limits_and_forged_cursors_are_422(client: AsyncClient, query: str) -> None:
+    assert (await client.get(f"/users?{query}", headers=CLIENT)).status_code == 422
+
+
+async def test_concurrent_sign_ups_with_one_email_exactly_one_wins(
+    e2e_engine: AsyncEngine,
+) -> None:
+    """Real concurrent transactions (not the rolled-back session): the database decides."""
+    app = create_app()
+    sessions = make_sessionmaker(e2e_engine)
+
+    async def own_session():  # type: ignore[no-untyped-def]
+        async with sessions() as session:
+            yield session
+
+    async with app.router.lifespan_context(app):
+        app.dependency_overrides[get_db] = own_session
+        async with AsyncClient(transport=ASGITransport(app=app), base_url="http://t") as http:
+            responses = await asyncio.gather(
+                *(
+                    http.post(
+                        "/users",
+                        json={"email": email, "full_name": "Same"},
+                        headers=CLIENT,
+                    )
+                    for email in ["same@example.com", "SAME@example.com", "Same@Example.com"] * 4
+                )
+            )
+    assert sorted(r.status_code for r in responses) == [201] + [409] * 11
+    async with e2e_engine.connect() as conn:
+        assert await conn.scalar(select(func.count()).select_from(User)) == 1
+        assert await conn.scalar(select(func.count()).select_from(TaskRun)) == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b'{"email": "a@example.com", "full_name": "lone \\ud800 surrogate"}', "application/json"),
+        (b'{"email": "a@example.com", "full_name": ', "application/json"),
+        (b"\xff\xfe not utf-8", "application/json"),
+        (b"email=a@example.com&full_name=X", "application/x-www-form-urlencoded"),
+        (b'{"email": "a@example.com", "full_name": "X"}', "text/plain"),
+        (b"[]", "application/json"),
+    ],
+)
+async def test_malformed_bodies_are_422(
+    client: AsyncClient, content: bytes, content_type: str
+) -> None:
+    response = await client.post(
+        "/users", content=content, headers={**CLIENT, "Content-Type": content_type}
+    )
+    assert response.status_code == 422, response.text
+
+
+async def test_bodies_over_64_kib_are_413(client: AsyncClient) -> None:
+    big = b'{"email": "a@example.com", "full_name": "' + b"x" * 70_000 + b'"}'
+    response = await client.post(
+        "/users", content=big, headers={**CLIENT, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert response.json() == {"detail": "request body larger than 65536 bytes"}
+
+    async def chunks():  # type: ignore[no-untyped-def]  # no Content-Length: streamed
+        for _ in range(10):
+            yield b"x" * 10_000
+
+    streamed = await client.post("/users", content=chunks(), headers=CLIENT)
+    assert streamed.status_code == 413
