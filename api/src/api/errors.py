@@ -3,9 +3,8 @@ shape, `{"detail": ...}`."""
 
 from __future__ import annotations
 
-import logging
-
 import json
+import logging
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder

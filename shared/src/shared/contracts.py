@@ -29,8 +29,11 @@ class NoArgs(TaskArgs):
     pass
 
 
+BIGINT_MAX = 2**63 - 1
+
+
 class SendWelcomeEmailArgs(TaskArgs):
-    user_id: int = Field(ge=1)
+    user_id: int = Field(ge=1, le=BIGINT_MAX)
 
 
 class PruneLogsArgs(TaskArgs):

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
+from shared.contracts import BIGINT_MAX
 from shared.users import service
 
 from api.auth import AnyToken
@@ -15,7 +16,7 @@ from api.users.schemas import UserCreatedOut, UserCreateIn, UserOut, UserPage, U
 router = APIRouter(prefix="/users", tags=["users"])
 
 # Ids are PostgreSQL bigints: anything outside is a 422, never a database error.
-UserId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+UserId = Annotated[int, Path(ge=1, le=BIGINT_MAX)]
 
 
 @router.post(

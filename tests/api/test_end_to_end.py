@@ -1,0 +1,126 @@
+"""The whole path with real processes: uvicorn, a prefork worker, beat, SMTP, Redis."""
+
+import asyncio
+import time
+
+import httpx
+from shared.models import TaskRun, TaskState
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.fixtures.api import CLIENT
+from tests.fixtures.processes import Processes
+from tests.fixtures.smtp import Mailbox
+from tests.fixtures.waiting import eventually
+
+FAST_RELAY = {
+    "OUTBOX_RELAY_INTERVAL": "1",
+    "OUTBOX_GRACE_SECONDS": "1",
+    "OUTBOX_REPAIR_AFTER": "3",
+}
+
+
+def smtp_env(mailbox: Mailbox) -> dict[str, str]:
+    return {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(mailbox.port)}
+
+
+async def sign_up(http: httpx.AsyncClient, count: int, prefix: str) -> list[dict[str, object]]:
+    async def one(i: int) -> dict[str, object]:
+        started = time.monotonic()
+        response = await http.post(
+            "/users", json={"email": f"{prefix}{i}@example.com", "full_name": f"U {i}"}
+        )
+        assert response.status_code == 201, response.text
+        assert time.monotonic() - started < 2, "a sign-up took 2 s or more"
+        body: dict[str, object] = response.json()
+        return body
+
+    return list(await asyncio.gather(*(one(i) for i in range(count))))
+
+
+async def unfinished(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        count = await conn.scalar(
+            select(func.count()).select_from(TaskRun).where(TaskRun.state != TaskState.SUCCEEDED)
+        )
+    return int(count or 0)
+
+
+async def test_sign_up_sends_one_welcome_email_and_the_run_succeeds(
+    processes: Processes, smtp_server: Mailbox
+) -> None:
+    _, base = processes.api()
+    processes.worker(**smtp_env(smtp_server))
+    async with httpx.AsyncClient(base_url=base, headers=CLIENT) as http:
+        [user] = await sign_up(http, 1, "e2e")
+        smtp_server.wait_for(1)
+
+        async def succeeded() -> bool:
+            run = (await http.get(f"/tasks/{user['welcome_run_id']}")).json()
+            return bool(run["state"] == "SUCCEEDED")
+
+        await eventually(succeeded, 30, "the welcome run to succeed")
+        run = (await http.get(f"/tasks/{user['welcome_run_id']}")).json()
+    assert run["result"] is True
+    assert run["published_at"] is not None
+    assert len(smtp_server.to("e2e0@example.com")) == 1
+
+
+async def test_broker_outage_sign_ups_still_succeed_and_every_email_arrives_once(
+    processes: Processes, smtp_server: Mailbox, e2e_engine: AsyncEngine
+) -> None:
+    redis, port = processes.redis_server()
+    processes.env.update(
+        REDIS_URL=f"redis://127.0.0.1:{port}/0", **FAST_RELAY, **smtp_env(smtp_server)
+    )
+    _, base = processes.api()
+    redis.stop()
+    async with httpx.AsyncClient(base_url=base, headers=CLIENT) as http:
+        await sign_up(http, 40, "outage")
+        ready = await http.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["broker"] == "down"
+
+    processes.restart_redis(port)
+    processes.worker()
+    processes.beat()
+    smtp_server.wait_for(40, timeout=60)
+
+    async def all_done() -> bool:
+        return await unfinished(e2e_engine) == 0
+
+    await eventually(all_done, 30, "every run to succeed")
+    addresses = sorted(str(m["To"]) for m in smtp_server.messages)
+    assert addresses == sorted(f"outage{i}@example.com" for i in range(40))
+
+
+async def test_runs_lost_by_a_broker_restart_are_published_again(
+    processes: Processes, smtp_server: Mailbox, e2e_engine: AsyncEngine
+) -> None:
+    redis, port = processes.redis_server()
+    processes.env.update(
+        REDIS_URL=f"redis://127.0.0.1:{port}/0", **FAST_RELAY, **smtp_env(smtp_server)
+    )
+    _, base = processes.api()
+    async with httpx.AsyncClient(base_url=base, headers=CLIENT) as http:
+        await sign_up(http, 20, "lost")
+
+    async def all_published() -> bool:
+        async with e2e_engine.connect() as conn:
+            count = await conn.scalar(
+                select(func.count()).select_from(TaskRun).where(TaskRun.published_at.is_(None))
+            )
+        return count == 0
+
+    await eventually(all_published, 10, "the API to publish every run")
+    redis.stop()  # no persistence: the 20 queued messages are gone
+    processes.restart_redis(port)
+    processes.worker()
+    processes.beat()
+    smtp_server.wait_for(20, timeout=60)
+
+    async def all_done() -> bool:
+        return await unfinished(e2e_engine) == 0
+
+    await eventually(all_done, 30, "every run to succeed")
+    assert len({str(m["To"]) for m in smtp_server.messages}) == len(smtp_server.messages) == 20

@@ -1,0 +1,151 @@
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from httpx import AsyncClient
+from redis.asyncio import Redis
+from shared.beat import SCHEDULE_KEY
+from shared.models import TaskRun, TaskState
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tests.fixtures.api import ADMIN, CLIENT
+
+PRUNE = {"name": "maintenance.prune_logs", "kwargs": {"days": 7}}
+
+
+async def test_enqueue_by_name_is_202_and_readable(client: AsyncClient, db: AsyncSession) -> None:
+    response = await client.post("/tasks", json=PRUNE, headers={**ADMIN, "X-Request-ID": "r-1"})
+    assert response.status_code == 202
+    accepted = response.json()
+    assert accepted["name"] == "maintenance.prune_logs"
+    assert accepted["state"] == "QUEUED"
+
+    run = (await client.get(f"/tasks/{accepted['id']}", headers=CLIENT)).json()
+    assert run["kwargs"] == {"days": 7}
+    assert run["request_id"] == "r-1"
+    assert run["attempts"] == 0
+    assert set(run) == {
+        "id", "name", "kwargs", "state", "result", "error", "attempts", "request_id",
+        "created_at", "published_at", "started_at", "finished_at",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"name": "maintenance.nope", "kwargs": {}}, "no task named"),
+        ({"name": "outbox.relay", "kwargs": {}}, "no task named"),  # not enqueueable
+        ({"name": "maintenance.prune_logs", "kwargs": {"days": "7"}}, "days"),
+        ({"name": "maintenance.prune_logs", "kwargs": {"days": 0}}, "days"),
+        ({"name": "maintenance.prune_logs", "kwargs": {"days": 7, "x": 1}}, "x"),
+        ({"name": "maintenance.prune_logs", "kwargs": {}}, "days"),
+        ({"name": "users.send_welcome_email", "kwargs": {"user_id": 2**70}}, "user_id"),
+    ],
+)
+async def test_unknown_names_and_invalid_kwargs_are_422_naming_the_problem(
+    client: AsyncClient, body: dict[str, object], problem: str
+) -> None:
+    response = await client.post("/tasks", json=body, headers=ADMIN)
+    assert response.status_code == 422
+    assert problem in response.json()["detail"]
+
+
+async def test_idempotency_key_returns_the_same_run(client: AsyncClient) -> None:
+    headers = {**ADMIN, "Idempotency-Key": "k-123"}
+    first = (await client.post("/tasks", json=PRUNE, headers=headers)).json()
+    again = await client.post("/tasks", json=PRUNE, headers=headers)
+    assert again.status_code == 202
+    assert again.json()["id"] == first["id"]
+    other = await client.post("/tasks", json={**PRUNE, "kwargs": {"days": 8}}, headers=headers)
+    assert other.status_code == 409
+    fresh = (await client.post("/tasks", json=PRUNE, headers=ADMIN)).json()
+    assert fresh["id"] != first["id"]
+
+
+async def test_retry_makes_a_new_run_of_a_failed_one_only(
+    client: AsyncClient, db: AsyncSession
+) -> None:
+    failed = TaskRun(
+        id=uuid.uuid4(), name="maintenance.prune_logs", kwargs={"days": 3},
+        state=TaskState.FAILED, attempts=1, error="boom",
+    )  # fmt: skip
+    done = TaskRun(
+        id=uuid.uuid4(), name="maintenance.prune_logs", kwargs={"days": 3},
+        state=TaskState.SUCCEEDED, attempts=1,
+    )  # fmt: skip
+    db.add_all([failed, done])
+    await db.flush()
+
+    retried = await client.post(f"/tasks/{failed.id}/retry", headers=ADMIN)
+    assert retried.status_code == 202
+    new = (await client.get(f"/tasks/{retried.json()['id']}", headers=ADMIN)).json()
+    assert new["id"] != str(failed.id)
+    assert (new["name"], new["kwargs"], new["state"]) == (failed.name, failed.kwargs, "QUEUED")
+    assert (await client.post(f"/tasks/{done.id}/retry", headers=ADMIN)).status_code == 409
+    assert (await client.post(f"/tasks/{uuid.uuid4()}/retry", headers=ADMIN)).status_code == 404
+
+
+@pytest.mark.parametrize("run_id", [str(uuid.uuid4()), "not-a-uuid", "1", "%00"])
+async def test_unknown_or_malformed_run_ids_are_404(client: AsyncClient, run_id: str) -> None:
+    assert (await client.get(f"/tasks/{run_id}", headers=CLIENT)).status_code == 404
+
+
+async def test_list_runs_newest_first_with_filters_and_cursor(
+    client: AsyncClient, db: AsyncSession
+) -> None:
+    now = datetime.now(UTC)
+    runs = [
+        TaskRun(
+            id=uuid.uuid4(), name="maintenance.prune_logs" if i % 2 else "outbox.relay",
+            kwargs={}, state=TaskState.FAILED if i == 3 else TaskState.SUCCEEDED, attempts=1,
+            created_at=now - timedelta(minutes=i),
+        )
+        for i in range(6)
+    ]  # fmt: skip
+    db.add_all(runs)
+    await db.flush()
+
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params: dict[str, str | int] = {"limit": 4, **({"cursor": cursor} if cursor else {})}
+        page = (await client.get("/tasks", params=params, headers=ADMIN)).json()
+        seen += [r["id"] for r in page["items"]]
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert seen == [str(r.id) for r in runs]
+    by_name = (await client.get("/tasks?name=outbox.relay", headers=ADMIN)).json()["items"]
+    assert len(by_name) == 3
+    failed = (await client.get("/tasks?state=FAILED", headers=ADMIN)).json()["items"]
+    assert [r["id"] for r in failed] == [str(runs[3].id)]
+    assert (await client.get("/tasks?state=NOPE", headers=ADMIN)).status_code == 422
+    assert (await client.get("/tasks?cursor=WyJ4Il0=", headers=ADMIN)).status_code == 422
+
+
+async def test_schedules_are_read_from_beats_state_in_redis(
+    client: AsyncClient, redis: Redis
+) -> None:
+    # What celery-redbeat writes for an entry (see shared/beat.py).
+    await redis.zadd(SCHEDULE_KEY, {"redbeat:prune-logs": 1_900_000_000})
+    await redis.hset(
+        "redbeat:prune-logs",
+        mapping={
+            "definition": '{"name": "prune-logs", "task": "maintenance.prune_logs", "schedule":'
+            ' {"__type__": "crontab", "minute": "45", "hour": "3", "day_of_week": "*",'
+            ' "day_of_month": "*", "month_of_year": "*"}, "kwargs": {"days": 30}}',
+            "meta": '{"last_run_at": {"__type__": "datetime", "year": 2026, "month": 11,'
+            ' "day": 24, "hour": 3, "minute": 45, "second": 0, "microsecond": 5,'
+            ' "timezone": "UTC"}, "total_run_count": 1}',
+        },
+    )
+    response = await client.get("/schedules", headers=ADMIN)
+    assert response.status_code == 200
+    assert response.json() == [
+        {
+            "name": "prune-logs",
+            "task": "maintenance.prune_logs",
+            "schedule": "45 3 * * *",
+            "next_run_at": "2030-03-17T17:46:40Z",
+            "last_run_at": "2026-11-24T03:45:00.000005Z",
+        }
+    ]
