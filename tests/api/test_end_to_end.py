@@ -49,8 +49,9 @@ async def unfinished(engine: AsyncEngine) -> int:
 async def test_sign_up_sends_one_welcome_email_and_the_run_succeeds(
     processes: Processes, smtp_server: Mailbox
 ) -> None:
+    processes.env.update(smtp_env(smtp_server))
     _, base = processes.api()
-    processes.worker(**smtp_env(smtp_server))
+    processes.worker()
     async with httpx.AsyncClient(base_url=base, headers=CLIENT) as http:
         [user] = await sign_up(http, 1, "e2e")
         smtp_server.wait_for(1)
