@@ -19,7 +19,7 @@ from tests.deploy.kube import (
     pod_templates,
     render,
 )
-from tests.deploy.tools import K8S, OVERLAYS
+from tests.deploy.tools import K8S, OVERLAYS, REPO
 
 LABELS = (
     "app.kubernetes.io/name",
@@ -376,3 +376,27 @@ def test_secret_example_holds_placeholders_only() -> None:
     for key, value in secret["stringData"].items():
         assert "CHANGE_ME" in value, f"{key} is not a placeholder"
     assert "CHANGE_ME" not in yaml.safe_dump(render("prod")), "placeholders stay out of renders"
+
+
+def test_docs_budget_matches_the_prod_overlay() -> None:
+    """docs/deploy.md's worked connection budget uses the prod overlay's real numbers."""
+    manifests = render("prod")
+    config = config_map(manifests)
+    pool, overflow = int(config["DB_POOL_SIZE"]), int(config["DB_MAX_OVERFLOW"])
+    api_max = find(manifests, "HorizontalPodAutoscaler", "backend-api")["spec"]["maxReplicas"]
+    worker_max = find(manifests, "ScaledObject", "backend-worker")["spec"]["maxReplicaCount"]
+    command = container(find(manifests, "Deployment", "backend-worker"))["command"]
+    children = int(command[command.index("-c") + 1])
+    child_pool = int(config["WORKER_DB_POOL_SIZE"])
+    api_total = api_max * (pool + overflow)
+    worker_total = worker_max * children * child_pool
+    total = api_total + worker_total + 1  # beat holds none, the migrate Job one
+
+    docs = (REPO / "docs" / "deploy.md").read_text()
+    times = "\N{MULTIPLICATION SIGN}"
+    assert f"| api (HPA max) | {api_max} | {pool} + {overflow} | {api_total} |" in docs
+    assert (
+        f"| worker (KEDA max) | {worker_max} | {children} {times} {child_pool} | {worker_total} |"
+        in docs
+    )
+    assert f"| **steady maximum** | | | **{total}** |" in docs
