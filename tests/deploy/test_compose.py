@@ -1,0 +1,153 @@
+"""compose.yaml: valid for Compose v2 (with and without the monitoring profile), and shaped as
+the issue asks."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.tools import COMPOSE_FILE, compose_binary, output, run
+
+HARD_TIME_LIMIT_SECONDS = 360  # TASK_TIME_LIMIT
+DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us)")
+UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}
+
+
+def seconds(duration: str | int | float) -> float:
+    """A Compose duration ("6m30s", "400s", 390) in seconds."""
+    if isinstance(duration, int | float):
+        return float(duration)
+    parts = DURATION.findall(duration)
+    if not parts or "".join(number + unit for number, unit in parts) != duration:
+        raise ValueError(f"not a Compose duration: {duration!r}")
+    return sum(float(number) * UNIT_SECONDS[unit] for number, unit in parts)
+
+
+def compose(*args: str, file: Path = COMPOSE_FILE) -> list[str]:
+    return [compose_binary(), "--file", str(file), "--project-directory", str(file.parent), *args]
+
+
+def rendered(*profiles: str) -> dict[str, Any]:
+    flags = [flag for profile in profiles for flag in ("--profile", profile)]
+    result = run([*compose(*flags, "config", "--format", "json")], cwd=COMPOSE_FILE.parent)
+    assert result.returncode == 0, output(result)
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
+    return document
+
+
+@pytest.mark.parametrize("profiles", [[], ["monitoring"]], ids=["default", "monitoring"])
+def test_compose_config_is_valid(profiles: list[str]) -> None:
+    flags = [flag for profile in profiles for flag in ("--profile", profile)]
+    result = run(compose(*flags, "config", "--quiet"), cwd=COMPOSE_FILE.parent)
+    assert result.returncode == 0, output(result)
+
+
+def test_compose_config_fails_a_broken_file(tmp_path: Path) -> None:
+    broken = tmp_path / "compose.yaml"
+    broken.write_text(
+        "services:\n"
+        "  api:\n"
+        "    image: example/api:1\n"
+        "    depends_on:\n"
+        "      migrate:\n"
+        "        condition: service_completed_successfully\n"
+    )
+    result = run(compose("config", "--quiet", file=broken), cwd=tmp_path)
+    assert result.returncode != 0, output(result)
+    assert "migrate" in result.stderr
+
+
+def test_services(raw: dict[str, Any]) -> None:
+    assert set(raw["services"]) == {
+        "postgres", "redis", "mailpit", "migrate", "api", "worker", "beat", "flower",
+    }  # fmt: skip
+
+
+def test_postgres_and_redis_are_healthchecked_on_named_volumes(raw: dict[str, Any]) -> None:
+    services = raw["services"]
+    for name in ("postgres", "redis"):
+        assert services[name]["healthcheck"]["test"], f"{name} has a healthcheck"
+        volume = services[name]["volumes"][0].split(":")[0]
+        assert volume in raw["volumes"], f"{name} keeps its data in a named volume"
+    command = services["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
+
+
+def test_migrate_runs_alembic_once_before_the_api(raw: dict[str, Any]) -> None:
+    services = raw["services"]
+    assert services["migrate"]["command"] == ["alembic", "upgrade", "head"]
+    assert services["migrate"]["restart"] == "no"
+    assert services["migrate"]["image"] == services["api"]["image"], "migrations ship in api"
+    assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    condition = services["api"]["depends_on"]["migrate"]["condition"]
+    assert condition == "service_completed_successfully"
+    assert "8000" in services["api"]["ports"][0]
+
+
+def test_beat_is_a_single_instance(raw: dict[str, Any]) -> None:
+    beat = raw["services"]["beat"]
+    assert beat.get("deploy", {}).get("replicas", 1) == 1
+    assert "scale" not in beat
+    assert beat["command"] == ["celery", "-A", "worker.celery_app", "beat", "--loglevel", "INFO"]
+    assert beat["image"] == raw["services"]["worker"]["image"], "beat runs from the worker image"
+
+
+def test_worker_outlives_its_hard_time_limit_on_stop(raw: dict[str, Any]) -> None:
+    worker = raw["services"]["worker"]
+    assert seconds(worker["stop_grace_period"]) > HARD_TIME_LIMIT_SECONDS
+    assert worker["environment"]["TASK_TIME_LIMIT"] == str(HARD_TIME_LIMIT_SECONDS)
+
+
+def test_every_service_has_a_healthcheck_or_runs_once(raw: dict[str, Any]) -> None:
+    services = raw["services"]
+    for name in ("postgres", "redis", "api", "worker", "beat"):
+        assert services[name]["healthcheck"]["test"], f"{name} has a healthcheck"
+
+
+def test_app_services_share_one_environment_block(raw: dict[str, Any]) -> None:
+    services = raw["services"]
+    environments = [services[name]["environment"] for name in ("migrate", "api", "worker", "beat")]
+    assert all(env is environments[0] for env in environments), "one YAML anchor, not copies"
+    env = environments[0]
+    assert env["ENVIRONMENT"] == "development"
+    assert env["SMTP_HOST"] == "mailpit"
+    assert env["SMTP_PORT"] == "1025"
+    assert "x-app-environment" in raw
+
+
+def test_mail_sink_is_mailpit() -> None:
+    mailpit = rendered()["services"]["mailpit"]
+    assert mailpit["image"].startswith("axllent/mailpit:")
+    assert {port["target"] for port in mailpit["ports"]} == {1025, 8025}
+
+
+def test_flower_runs_only_with_the_monitoring_profile(raw: dict[str, Any]) -> None:
+    assert raw["services"]["flower"]["profiles"] == ["monitoring"]
+    for name, service in raw["services"].items():
+        if name != "flower":
+            assert "profiles" not in service, f"{name} must start without a profile"
+    assert "flower" not in rendered()["services"]
+    flower = rendered("monitoring")["services"]["flower"]
+    assert "flower" in flower["command"]
+    assert any(arg.startswith("--broker=redis://redis:6379") for arg in flower["command"])
+    assert flower["ports"][0]["target"] == 5555
+
+
+def test_duration_parser() -> None:
+    assert seconds("6m30s") == 390
+    assert seconds("400s") == 400
+    assert seconds(390) == 390
+    with pytest.raises(ValueError, match="not a Compose duration"):
+        seconds("six minutes")

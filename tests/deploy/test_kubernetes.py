@@ -1,0 +1,402 @@
+"""Properties of the rendered overlays that a schema cannot express (issue item 4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.deploy.kube import (
+    TASK_TIME_LIMIT_SECONDS,
+    Manifest,
+    config_map,
+    container,
+    find,
+    load_file,
+    of_kind,
+    pod_template,
+    pod_templates,
+    render,
+)
+from tests.deploy.tools import K8S, OVERLAYS, REPO
+
+LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/version",
+)
+SECRET_KEYS = {
+    "DATABASE_URL",
+    "REDIS_URL",
+    "REDIS_PASSWORD",
+    "SMTP_PASSWORD",
+    "ADMIN_TOKEN",
+    "API_TOKENS",
+}
+API_COMMAND = ["uvicorn", "api.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000"]  # noqa: S104
+WORKER_COMMAND = [
+    "celery", "-A", "worker.celery_app", "worker",
+    "-P", "prefork", "-c", "2", "-Q", "default,maintenance", "--loglevel", "INFO",
+]  # fmt: skip
+BEAT_COMMAND = ["celery", "-A", "worker.celery_app", "beat", "--loglevel", "INFO"]
+TMP = "/tmp"  # noqa: S108 - the emptyDir every pod mounts
+COMPONENT_NAMES = {
+    "api": "backend-api",
+    "worker": "backend-worker",
+    "beat": "backend-beat",
+    "migrate": "backend-migrate",
+}
+
+
+@pytest.fixture(params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def manifests(overlay: str) -> list[Manifest]:
+    return render(overlay)
+
+
+def selectors(manifest: Manifest) -> list[dict[str, str]]:
+    """Every label selector in a manifest."""
+    spec: dict[str, Any] = manifest.get("spec", {})
+    found: list[dict[str, str]] = []
+    if manifest["kind"] == "Service":
+        found.append(spec["selector"])
+    if manifest["kind"] in {"Deployment", "PodDisruptionBudget"}:
+        found.append(spec["selector"]["matchLabels"])
+    if manifest["kind"] == "NetworkPolicy":
+        found.append(spec["podSelector"].get("matchLabels", {}))
+    return found
+
+
+def labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+# --- whole render ---------------------------------------------------------------------------
+
+
+def test_no_cronjob_anywhere(manifests: list[Manifest]) -> None:
+    assert not of_kind(manifests, "CronJob")
+    for path in K8S.rglob("*.yaml"):
+        assert "CronJob" not in path.read_text(), f"{path} mentions a CronJob"
+
+
+def test_one_name_per_component(manifests: list[Manifest]) -> None:
+    workloads = {
+        m["metadata"]["labels"]["app.kubernetes.io/component"]: m["metadata"]["name"]
+        for m in manifests
+        if m["kind"] in {"Deployment", "Job"}
+    }
+    assert {key: workloads[key] for key in COMPONENT_NAMES} == COMPONENT_NAMES
+    assert find(manifests, "Job", "backend-migrate")
+
+
+def test_postgres_and_redis_are_external(manifests: list[Manifest]) -> None:
+    assert not of_kind(manifests, "StatefulSet")
+    assert not of_kind(manifests, "Secret"), "secrets are created outside the overlays"
+    for _, template in pod_templates(manifests):
+        for item in template["spec"]["containers"]:
+            assert not any(word in item["image"] for word in ("postgres", "redis:"))
+
+
+def test_every_object_carries_the_recommended_labels(manifests: list[Manifest]) -> None:
+    for manifest in manifests:
+        labels = manifest["metadata"].get("labels", {})
+        missing = [key for key in LABELS if key not in labels]
+        assert not missing, f"{manifest['kind']}/{manifest['metadata']['name']} lacks {missing}"
+        assert labels["app.kubernetes.io/name"] == "backend"
+        assert labels["app.kubernetes.io/part-of"] == "backend"
+
+
+def test_every_pod_carries_the_recommended_labels(manifests: list[Manifest]) -> None:
+    for name, template in pod_templates(manifests):
+        labels = template["metadata"]["labels"]
+        missing = [key for key in LABELS if key not in labels]
+        assert not missing, f"pods of {name} lack {missing}"
+
+
+def test_selectors_are_stable_and_select_their_own_pods(manifests: list[Manifest]) -> None:
+    templates = dict(pod_templates(manifests))
+    for manifest in manifests:
+        for selector in selectors(manifest):
+            assert "app.kubernetes.io/version" not in selector, "a version in a selector"
+    for manifest in of_kind(manifests, "Deployment"):
+        selector = manifest["spec"]["selector"]["matchLabels"]
+        labels = pod_template(manifest)["metadata"]["labels"]
+        assert labels_match(selector, labels)
+        assert {"app.kubernetes.io/component", "app.kubernetes.io/instance"} <= set(selector)
+        others = [
+            other
+            for key, other in templates.items()
+            if key != f"Deployment/{manifest['metadata']['name']}"
+        ]
+        assert not any(labels_match(selector, o["metadata"]["labels"]) for o in others)
+
+
+def test_every_pod_is_locked_down(manifests: list[Manifest]) -> None:
+    for name, template in pod_templates(manifests):
+        spec = template["spec"]
+        pod_security = spec.get("securityContext", {})
+        assert spec.get("automountServiceAccountToken") is False, name
+        assert spec.get("serviceAccountName") == "backend", name
+        tmp_volumes = {volume["name"] for volume in spec.get("volumes", []) if "emptyDir" in volume}
+        for item in spec["containers"] + spec.get("initContainers", []):
+            where = f"{name} container {item['name']}"
+            security = {**pod_security, **item.get("securityContext", {})}
+            assert security.get("runAsNonRoot") is True, where
+            run_as = security.get("runAsUser")
+            assert isinstance(run_as, int), where
+            assert run_as > 0, where
+            assert security.get("readOnlyRootFilesystem") is True, where
+            assert security.get("allowPrivilegeEscalation") is False, where
+            assert security.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert security.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+            assert "privileged" not in security or security["privileged"] is False, where
+
+            resources = item.get("resources", {})
+            assert {"cpu", "memory"} <= set(resources.get("requests", {})), where
+            assert "memory" in resources.get("limits", {}), where
+
+            mounts = {m["mountPath"]: m["name"] for m in item.get("volumeMounts", [])}
+            assert mounts.get(TMP) in tmp_volumes, f"{where}: no emptyDir at /tmp"
+
+
+def test_service_account_mounts_no_token(manifests: list[Manifest]) -> None:
+    account = find(manifests, "ServiceAccount", "backend")
+    assert account["automountServiceAccountToken"] is False
+
+
+def test_images_are_pinned_and_shared_as_intended(manifests: list[Manifest]) -> None:
+    images = {
+        name: container(workload)["image"]
+        for name, workload in (
+            (m["metadata"]["name"], m) for m in manifests if m["kind"] in {"Deployment", "Job"}
+        )
+    }
+    for name, image in images.items():
+        assert ":" in image.rsplit("/", 1)[-1], f"{name} runs an untagged image"
+        assert not image.endswith(":latest"), name
+    assert images["backend-migrate"] == images["backend-api"], "migrations ship in the api image"
+    assert images["backend-beat"] == images["backend-worker"], "beat runs from the worker image"
+    assert images["backend-api"] != images["backend-worker"]
+
+
+def test_config_map_settings(manifests: list[Manifest], overlay: str) -> None:
+    config = config_map(manifests)
+    expected_environment = {"dev": "development", "prod": "production"}[overlay]
+    assert config["ENVIRONMENT"] == expected_environment
+    assert int(config["TASK_SOFT_TIME_LIMIT"]) < int(config["TASK_TIME_LIMIT"])
+    assert int(config["TASK_TIME_LIMIT"]) == TASK_TIME_LIMIT_SECONDS
+    assert int(config["TASK_TIME_LIMIT"]) < int(config["BROKER_VISIBILITY_TIMEOUT"])
+    assert config["HEARTBEAT_DIR"] == TMP
+    assert config["PYTHONDONTWRITEBYTECODE"] == "1"
+    assert not SECRET_KEYS & set(config), "secrets belong in the Secret"
+    for name in ("backend-api", "backend-worker", "backend-beat"):
+        sources = container(find(manifests, "Deployment", name))["envFrom"]
+        assert {"secretRef": {"name": "backend-secrets"}} in sources
+        assert any(
+            s.get("configMapRef", {}).get("name", "").startswith("backend-config") for s in sources
+        )
+
+
+# --- api ------------------------------------------------------------------------------------
+
+
+def test_api_deployment(manifests: list[Manifest]) -> None:
+    api = find(manifests, "Deployment", "backend-api")
+    assert api["spec"]["replicas"] >= 2
+    strategy = api["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate"
+    assert strategy["rollingUpdate"]["maxUnavailable"] == 0
+    item = container(api)
+    assert item["command"] == API_COMMAND
+    assert item["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert item["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert item["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert item["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_api_service_hpa_and_pdb(manifests: list[Manifest]) -> None:
+    api = find(manifests, "Deployment", "backend-api")
+    pod_labels = pod_template(api)["metadata"]["labels"]
+    service = find(manifests, "Service", "backend-api")
+    assert labels_match(service["spec"]["selector"], pod_labels)
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+
+    hpa = find(manifests, "HorizontalPodAutoscaler", "backend-api")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "backend-api",
+    }
+    assert 2 <= hpa["spec"]["minReplicas"] <= api["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+
+    pdb = find(manifests, "PodDisruptionBudget", "backend-api")
+    assert pdb["apiVersion"] == "policy/v1"
+    assert labels_match(pdb["spec"]["selector"]["matchLabels"], pod_labels)
+
+
+# --- worker, beat, migrate ------------------------------------------------------------------
+
+
+def test_worker_deployment(manifests: list[Manifest]) -> None:
+    worker = find(manifests, "Deployment", "backend-worker")
+    spec = pod_template(worker)["spec"]
+    assert spec["terminationGracePeriodSeconds"] > TASK_TIME_LIMIT_SECONDS
+    item = container(worker)
+    assert item["command"] == WORKER_COMMAND
+    probe = ["python", "-m", "worker.probe", "worker"]
+    assert item["livenessProbe"]["exec"]["command"] == probe
+    assert item["readinessProbe"]["exec"]["command"] == [*probe, "--ready"]
+    assert item["startupProbe"]["exec"]["command"] == probe
+    assert "ports" not in item, "the worker serves nothing"
+
+    pdb = find(manifests, "PodDisruptionBudget", "backend-worker")
+    assert labels_match(
+        pdb["spec"]["selector"]["matchLabels"], pod_template(worker)["metadata"]["labels"]
+    )
+
+
+def test_beat_is_a_singleton(manifests: list[Manifest]) -> None:
+    beat = find(manifests, "Deployment", "backend-beat")
+    assert beat["spec"]["replicas"] == 1
+    assert beat["spec"]["strategy"] == {"type": "Recreate"}
+    item = container(beat)
+    assert item["command"] == BEAT_COMMAND
+    assert item["livenessProbe"]["exec"]["command"] == ["python", "-m", "worker.probe", "beat"]
+    scaled = [
+        m["spec"]["scaleTargetRef"]["name"]
+        for m in manifests
+        if m["kind"] in {"HorizontalPodAutoscaler", "ScaledObject"}
+    ]
+    assert "backend-beat" not in scaled
+    pdbs = of_kind(manifests, "PodDisruptionBudget")
+    beat_labels = pod_template(beat)["metadata"]["labels"]
+    assert not any(labels_match(p["spec"]["selector"]["matchLabels"], beat_labels) for p in pdbs)
+
+
+def test_migrate_job(manifests: list[Manifest]) -> None:
+    job = find(manifests, "Job", "backend-migrate")
+    assert job["apiVersion"] == "batch/v1"
+    assert job["spec"]["backoffLimit"] >= 1
+    assert job["spec"]["ttlSecondsAfterFinished"] > 0
+    assert pod_template(job)["spec"]["restartPolicy"] == "Never"
+    item = container(job)
+    assert item["command"] == ["alembic", "upgrade", "head"]
+    assert item["workingDir"] == "/app", "where the api image keeps alembic.ini"
+
+
+# --- network --------------------------------------------------------------------------------
+
+
+def test_only_the_api_receives_traffic_and_only_from_the_namespace(
+    manifests: list[Manifest],
+) -> None:
+    policies = of_kind(manifests, "NetworkPolicy")
+    for name, template in pod_templates(manifests):
+        labels = template["metadata"]["labels"]
+        selecting = [
+            p
+            for p in policies
+            if labels_match(p["spec"]["podSelector"].get("matchLabels", {}), labels)
+        ]
+        assert any("Ingress" in p["spec"]["policyTypes"] for p in selecting), f"{name} is open"
+        rules = [rule for p in selecting for rule in p["spec"].get("ingress", [])]
+        if labels["app.kubernetes.io/component"] == "api":
+            assert rules, "the api must be reachable"
+            for rule in rules:
+                assert rule["from"] == [{"podSelector": {}}], "same namespace only"
+                assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
+        else:
+            assert not rules, f"{name} must receive no traffic"
+
+
+# --- overlays -------------------------------------------------------------------------------
+
+
+def test_prod_scales_workers_with_keda_on_the_default_queue() -> None:
+    manifests = render("prod")
+    scaled = find(manifests, "ScaledObject", "backend-worker")
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    target = scaled["spec"]["scaleTargetRef"]
+    worker = find(manifests, "Deployment", target["name"])
+    assert target["name"] == "backend-worker"
+    assert target.get("kind", "Deployment") == "Deployment"
+    assert scaled["metadata"]["namespace"] == worker["metadata"]["namespace"]
+
+    minimum, maximum = scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]
+    assert 1 <= minimum < maximum
+    assert [trigger["type"] for trigger in scaled["spec"]["triggers"]] == ["redis"]
+    metadata = scaled["spec"]["triggers"][0]["metadata"]
+    assert metadata["listName"] == "default"
+    assert int(metadata["listLength"]) > 0
+    assert "address" not in metadata, "the address comes from the environment"
+    assert metadata["addressFromEnv"] in config_map(manifests)
+    assert metadata["passwordFromEnv"] in SECRET_KEYS
+    host, _, port = config_map(manifests)[metadata["addressFromEnv"]].rpartition(":")
+    assert host
+    assert port.isdigit(), "KEDA wants host:port, not a URL"
+
+    hpas = of_kind(manifests, "HorizontalPodAutoscaler")
+    assert all(h["spec"]["scaleTargetRef"]["name"] != "backend-worker" for h in hpas), (
+        "KEDA owns the worker's HPA"
+    )
+
+
+def test_dev_has_no_keda_and_offers_flower_for_port_forward() -> None:
+    manifests = render("dev")
+    assert not of_kind(manifests, "ScaledObject")
+    flower = container(find(manifests, "Deployment", "backend-flower"))
+    assert "flower" in flower["command"]
+    assert "--address=127.0.0.1" in flower["command"], "reachable through port-forward only"
+    assert not [s for s in of_kind(manifests, "Service") if "flower" in s["metadata"]["name"]]
+
+
+def test_overlays_use_their_own_namespace_and_instance() -> None:
+    for overlay, namespace in (("dev", "backend-dev"), ("prod", "backend")):
+        for manifest in render(overlay):
+            assert manifest["metadata"]["namespace"] == namespace
+            instance = manifest["metadata"]["labels"]["app.kubernetes.io/instance"]
+            assert instance == f"backend-{overlay}"
+
+
+def test_secret_example_holds_placeholders_only() -> None:
+    [secret] = load_file(K8S / "secret.example.yaml")
+    assert secret["kind"] == "Secret"
+    assert secret["metadata"]["name"] == "backend-secrets"
+    assert set(secret["stringData"]) == SECRET_KEYS
+    for key, value in secret["stringData"].items():
+        assert "CHANGE_ME" in value, f"{key} is not a placeholder"
+    assert "CHANGE_ME" not in yaml.safe_dump(render("prod")), "placeholders stay out of renders"
+
+
+def test_docs_budget_matches_the_prod_overlay() -> None:
+    """docs/deploy.md's worked connection budget uses the prod overlay's real numbers."""
+    manifests = render("prod")
+    config = config_map(manifests)
+    pool, overflow = int(config["DB_POOL_SIZE"]), int(config["DB_MAX_OVERFLOW"])
+    api_max = find(manifests, "HorizontalPodAutoscaler", "backend-api")["spec"]["maxReplicas"]
+    worker_max = find(manifests, "ScaledObject", "backend-worker")["spec"]["maxReplicaCount"]
+    command = container(find(manifests, "Deployment", "backend-worker"))["command"]
+    children = int(command[command.index("-c") + 1])
+    child_pool = int(config["WORKER_DB_POOL_SIZE"])
+    api_total = api_max * (pool + overflow)
+    worker_total = worker_max * children * child_pool
+    total = api_total + worker_total + 1  # beat holds none, the migrate Job one
+
+    docs = (REPO / "docs" / "deploy.md").read_text()
+    times = "\N{MULTIPLICATION SIGN}"
+    assert f"| api (HPA max) | {api_max} | {pool} + {overflow} | {api_total} |" in docs
+    assert (
+        f"| worker (KEDA max) | {worker_max} | {children} {times} {child_pool} | {worker_total} |"
+        in docs
+    )
+    assert f"| **steady maximum** | | | **{total}** |" in docs
