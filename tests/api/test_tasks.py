@@ -85,7 +85,9 @@ async def test_retry_makes_a_new_run_of_a_failed_one_only(
     assert (await client.post(f"/tasks/{uuid.uuid4()}/retry", headers=ADMIN)).status_code == 404
 
 
-@pytest.mark.parametrize("run_id", [str(uuid.uuid4()), "not-a-uuid", "1", "%00"])
+@pytest.mark.parametrize(
+    "run_id", ["6b1f2c1e-3d4a-4e5f-8a9b-0c1d2e3f4a5b", "not-a-uuid", "1", "%00"]
+)
 async def test_unknown_or_malformed_run_ids_are_404(client: AsyncClient, run_id: str) -> None:
     assert (await client.get(f"/tasks/{run_id}", headers=CLIENT)).status_code == 404
 

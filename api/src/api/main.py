@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from shared.broker import Broker, connect_redis
 from shared.db import make_engine, make_sessionmaker
+from shared.logs import configure_logging
 from shared.schema import ensure_schema_current
 from shared.settings import settings
 
@@ -25,7 +26,7 @@ SHUTDOWN_PUBLISH_SECONDS = 2.0
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine = make_engine(
-        "api", pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow
+        "api", pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow, pre_ping=True
     )
     await ensure_schema_current(engine)
     sessions = make_sessionmaker(engine)
@@ -43,6 +44,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
+    configure_logging(settings.log_level, settings.effective_log_format)
     app = FastAPI(
         title="Backend API",
         version="0.1.0",

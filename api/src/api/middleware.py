@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
-from contextvars import ContextVar
 
 from prometheus_client import Counter, Histogram
+from shared.logs import context_value, log_context
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_BODY_BYTES = 64 * 1024
@@ -15,7 +16,7 @@ REQUEST_ID_HEADER = b"x-request-id"
 # A caller's id is echoed into logs and task headers: keep it short and printable.
 VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
-request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+log = logging.getLogger("api.requests")
 
 REQUESTS = Counter("http_requests_total", "HTTP requests", ["route", "method", "status"])
 LATENCY = Histogram(
@@ -27,7 +28,8 @@ LATENCY = Histogram(
 
 
 def current_request_id() -> str | None:
-    return request_id_var.get()
+    value = context_value("request_id")
+    return value if isinstance(value, str) else None
 
 
 class RequestIdMiddleware:
@@ -42,7 +44,6 @@ class RequestIdMiddleware:
             return
         given = dict(scope["headers"]).get(REQUEST_ID_HEADER, b"")
         request_id = given.decode() if VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
-        token = request_id_var.set(request_id)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -52,10 +53,8 @@ class RequestIdMiddleware:
                 ]
             await send(message)
 
-        try:
+        with log_context(request_id=request_id):
             await self.app(scope, receive, send_with_id)
-        finally:
-            request_id_var.reset(token)
 
 
 class BodyLimitMiddleware:
@@ -110,7 +109,8 @@ async def _too_large(send: Send) -> None:
 
 
 class MetricsMiddleware:
-    """Counts requests by route template (not raw path: ids would explode the label set)."""
+    """One log line and the metrics per request, by route template (not the raw path: ids
+    would explode the label set and put identifiers in the logs)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -131,7 +131,15 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, record_status)
         finally:
+            elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
             method = scope["method"]
             REQUESTS.labels(route, method, str(status)).inc()
-            LATENCY.labels(route, method).observe(time.perf_counter() - started)
+            LATENCY.labels(route, method).observe(elapsed)
+            log.info(
+                "%s %s %s",
+                method,
+                route,
+                status,
+                extra={"route": route, "status": status, "duration_ms": round(elapsed * 1000, 2)},
+            )

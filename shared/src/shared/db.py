@@ -24,9 +24,13 @@ def make_engine(
     *,
     pool_size: int | None = None,
     max_overflow: int = 0,
+    pre_ping: bool = False,
     url: URL | None = None,
 ) -> AsyncEngine:
     """An engine labelled with its process kind; `pool_size=None` means no pool (NullPool).
+
+    `pre_ping` checks each pooled connection before use (one round trip), so a PostgreSQL
+    restart costs no failed request; worth it for the API, whose requests are not retried.
 
     Never call this at import time: an engine created before a fork shares its sockets with
     every child.
@@ -34,7 +38,13 @@ def make_engine(
     pool: dict[str, object] = (
         {"poolclass": NullPool}
         if pool_size is None
-        else {"pool_size": pool_size, "max_overflow": max_overflow, "pool_recycle": 1800}
+        else {
+            "pool_size": pool_size,
+            "max_overflow": max_overflow,
+            "pool_recycle": 1800,
+            "pool_pre_ping": pre_ping,
+            "pool_timeout": 10,
+        }
     )
     return create_async_engine(
         url or settings.database,

@@ -14,6 +14,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 
+from shared.logs import LogFormat
+
 Environment: TypeAlias = Literal["development", "test", "production"]
 
 DEV_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/backend"
@@ -30,6 +32,8 @@ class Settings(BaseSettings):
 
     environment: Environment = "development"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # JSON lines for log collectors; readable text by default in development.
+    log_format: LogFormat | None = None
 
     database_url: SecretStr = SecretStr(DEV_DATABASE_URL)
     db_pool_size: int = Field(default=10, ge=1, le=100)
@@ -117,6 +121,12 @@ class Settings(BaseSettings):
         if problems:
             raise InsecureSettingsError("refusing to start in production: " + "; ".join(problems))
         return self
+
+    @property
+    def effective_log_format(self) -> LogFormat:
+        if self.log_format is not None:
+            return self.log_format
+        return "text" if self.environment == "development" else "json"
 
     @cached_property
     def database(self) -> URL:
