@@ -16,6 +16,9 @@ sends nothing and goes back to standby.
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery.signals import beat_init
@@ -35,6 +38,18 @@ logger = get_logger("celery.beat")
 
 # redbeat's blocking acquisition would keep a standby out of its loop; tick() takes the lock.
 beat_init.disconnect(acquire_distributed_beat_lock)
+
+
+@contextmanager
+def _signals_deferred(*signums: signal.Signals) -> Iterator[None]:
+    """Celery beat's SIGTERM handler raises SystemExit wherever the loop is. Within a send that
+    loses a tick: its last_run_at is stored first, then the message is cut off. Held back
+    until the tick is over, the signal stops beat between two ticks instead."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signums)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class HeartbeatScheduler(RedBeatScheduler):  # type: ignore[misc]  # redbeat is untyped
@@ -59,7 +74,8 @@ class HeartbeatScheduler(RedBeatScheduler):  # type: ignore[misc]  # redbeat is 
         if self.lock is None and not self._try_acquire_lock():
             return float(self.max_interval)
         try:
-            return float(super().tick(*args, **kwargs))
+            with _signals_deferred(signal.SIGTERM, signal.SIGINT):
+                return float(super().tick(*args, **kwargs))
         except LockNotOwnedError:
             # Renewal comes first in redbeat's tick, so nothing was sent: another beat holds it.
             logger.warning("beat: Lost the lock")
