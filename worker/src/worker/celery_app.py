@@ -95,6 +95,9 @@ app.conf.update(
     beat_scheduler="worker.beat:HeartbeatScheduler",
     redbeat_redis_url=settings.redis_url.get_secret_value(),
     redbeat_key_prefix="redbeat:",
+    # Short socket timeouts: a holder stuck on Redis for longer than its lock would keep sending
+    # after a standby took over; failing the tick instead stops it (and restarts the pod).
+    redbeat_redis_options={"socket_connect_timeout": 5, "socket_timeout": 5},
     redbeat_lock_timeout=settings.beat_lock_timeout,
     beat_max_loop_interval=settings.beat_max_loop_interval,
 )
