@@ -91,12 +91,12 @@ app.conf.update(
     # apart, and a standby tries it as often: after a SIGKILL of the holder another beat sends
     # within 15 + 5 s of the holder's last renewal. Ticks that fell due during that gap are not
     # replayed: an interval entry is sent once on takeover, then on its cadence again; a crontab
-    # entry whose time passed during the gap is sent once, late (docs/beat.md).
+    # entry whose time passed during the gap is sent once, late. See docs/beat.md.
     beat_scheduler="worker.beat:HeartbeatScheduler",
     redbeat_redis_url=settings.redis_url.get_secret_value(),
     redbeat_key_prefix="redbeat:",
-    # Short socket timeouts: a holder stuck on Redis for longer than its lock would keep sending
-    # after a standby took over; failing the tick instead stops it (and restarts the pod).
+    # Short socket timeouts: a tick never hangs on Redis for as long as the lock lasts; a failed
+    # tick stops beat, and its pod restarts.
     redbeat_redis_options={"socket_connect_timeout": 5, "socket_timeout": 5},
     redbeat_lock_timeout=settings.beat_lock_timeout,
     beat_max_loop_interval=settings.beat_max_loop_interval,
