@@ -50,3 +50,29 @@ def test_schedule_settings_accept_crontab_or_seconds() -> None:
     fast = schedule_from_setting("2")
     assert isinstance(fast, schedule)
     assert fast.run_every.total_seconds() == 2  # type: ignore[attr-defined]
+
+
+def test_the_nightly_entries_run_at_their_utc_times() -> None:
+    entries = conf.beat_schedule
+    users = entries["deactivate-inactive-users"]
+    prune = entries["prune-logs"]
+    assert users["task"] == "users.deactivate_inactive_users"
+    assert prune["task"] == "maintenance.prune_logs"
+    assert prune["kwargs"] == {"days": 30}
+    assert str(conf.timezone) == "UTC"
+    assert conf.enable_utc is True
+    for entry, hour, minute in ((users, 3, 15), (prune, 3, 45)):
+        assert isinstance(entry["schedule"], crontab)
+        assert entry["schedule"].hour == {hour}  # type: ignore[attr-defined]
+        assert entry["schedule"].minute == {minute}  # type: ignore[attr-defined]
+    relay = entries["outbox-relay"]
+    assert relay["task"] == "outbox.relay"
+    assert relay["schedule"].total_seconds() == settings.outbox_relay_interval
+
+
+def test_a_killed_beat_is_replaced_within_30_seconds() -> None:
+    assert conf.beat_scheduler == "worker.beat:HeartbeatScheduler"
+    # The lock outlives a dead holder by at most its timeout; a standby tries it every loop.
+    assert conf.redbeat_lock_timeout + conf.beat_max_loop_interval <= 20
+    # The holder renews it every loop: several renewals fit in one timeout.
+    assert conf.beat_max_loop_interval * 3 <= conf.redbeat_lock_timeout

@@ -75,7 +75,11 @@ class Settings(BaseSettings):
     beat_lock_timeout: int = Field(default=15, ge=2)
     beat_max_loop_interval: int = Field(default=5, ge=1)
 
+    # Liveness files for the probes (worker.probe reads HEARTBEAT_DIR itself, from the
+    # environment only). Beat touches its file every tick (at most BEAT_MAX_LOOP_INTERVAL apart);
+    # the worker's main process touches its file every HEARTBEAT_INTERVAL seconds.
     heartbeat_dir: str = "/tmp"  # noqa: S108 - an emptyDir in the pods, plain /tmp on a laptop
+    heartbeat_interval: float = Field(default=5.0, gt=0)
 
     @field_validator("database_url")
     @classmethod

@@ -46,6 +46,7 @@ from shared.settings import settings
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 import worker
+from worker import heartbeat
 
 T = TypeVar("T")
 
@@ -85,11 +86,19 @@ app.conf.update(
     timezone="UTC",
     enable_utc=True,
     worker_hijack_root_logger=False,
-    # Beat: schedule state and a lock in Redis (celery-redbeat). A short lock means a killed
-    # beat is replaced within seconds; every loop renews it well before it expires.
-    beat_scheduler="redbeat.RedBeatScheduler",
-    redbeat_key_prefix=REDBEAT_KEY_PREFIX,
+    # Beat: schedule state (each entry's last_run_at) and a lock in Redis (celery-redbeat, with
+    # the non-blocking lock and heartbeat of worker.beat). Only the lock holder sends. It renews
+    # the lock to BEAT_LOCK_TIMEOUT (15 s) on every loop, at most BEAT_MAX_LOOP_INTERVAL (5 s)
+    # apart, and a standby tries it as often: after a SIGKILL of the holder another beat sends
+    # within 15 + 5 s of the holder's last renewal. Ticks that fell due during that gap are not
+    # replayed: an interval entry is sent once on takeover, then on its cadence again; a crontab
+    # entry whose time passed during the gap is sent once, late. See docs/beat.md.
+    beat_scheduler="worker.beat:HeartbeatScheduler",
     redbeat_redis_url=settings.redis_url.get_secret_value(),
+    redbeat_key_prefix=REDBEAT_KEY_PREFIX,
+    # Short socket timeouts: a tick never hangs on Redis for as long as the lock lasts; a failed
+    # tick stops beat, and its pod restarts.
+    redbeat_redis_options={"socket_connect_timeout": 5, "socket_timeout": 5},
     redbeat_lock_timeout=settings.beat_lock_timeout,
     beat_max_loop_interval=settings.beat_max_loop_interval,
 )
@@ -128,6 +137,8 @@ app.conf.beat_schedule = {
         "options": {"expires": settings.outbox_relay_interval},
     },
 }
+
+heartbeat.install(app)
 
 # Every domain package of the worker (worker/<domain>/tasks.py) registers its tasks.
 app.autodiscover_tasks(

@@ -1,0 +1,123 @@
+"""The liveness and readiness probes: light, fast, and right about real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from redis.asyncio import Redis
+from shared.models import TaskRun, TaskState, User
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+from worker.probe import BEAT_HEARTBEAT, WORKER_HEARTBEAT, WORKER_READY, check
+
+from tests.fixtures.processes import Processes, run_probe
+from tests.fixtures.waiting import wait_until
+from tests.worker.probe_tasks import SLOW_UPDATE
+from tests.worker.test_runtime import PROBE_APP, publish, reports
+
+HEAVY = ("celery", "sqlalchemy", "pydantic", "redis", "shared.settings", "worker.celery_app")
+
+
+def test_the_probe_imports_nothing_heavy() -> None:
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, worker.probe; print(' '.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    ).stdout.split()
+    assert not [m for m in loaded if m.split(".")[0] in HEAVY or m in HEAVY]
+
+
+def test_a_fresh_heartbeat_passes_and_a_stale_or_missing_one_fails(tmp_path: Path) -> None:
+    heartbeat = tmp_path / BEAT_HEARTBEAT
+    assert check("beat", ready=False, max_age=5, directory=tmp_path) is not None
+    heartbeat.touch()
+    assert check("beat", ready=False, max_age=5, directory=tmp_path) is None
+    an_hour_ago = time.time() - 3600
+    os.utime(heartbeat, (an_hour_ago, an_hour_ago))
+    assert "old" in str(check("beat", ready=False, max_age=5, directory=tmp_path))
+
+
+def test_readiness_needs_the_ready_file_and_a_live_heartbeat(tmp_path: Path) -> None:
+    (tmp_path / WORKER_READY).touch()
+    assert check("worker", ready=True, max_age=5, directory=tmp_path) is not None
+    (tmp_path / WORKER_HEARTBEAT).touch()
+    assert check("worker", ready=True, max_age=5, directory=tmp_path) is None
+    (tmp_path / WORKER_READY).unlink()
+    assert check("worker", ready=False, max_age=5, directory=tmp_path) is None
+    assert check("worker", ready=True, max_age=5, directory=tmp_path) is not None
+
+
+def fails_within(component: str, heartbeat_dir: Path, max_age: float) -> float:
+    """Seconds until the probe fails, polled with a bound of max_age plus a margin."""
+    started = time.monotonic()
+    wait_until(
+        lambda: run_probe(component, heartbeat_dir, max_age) != 0, max_age + 5, "a failing probe"
+    )
+    return time.monotonic() - started
+
+
+def test_the_beat_probe_fails_within_its_bound_once_beat_stops_ticking(
+    processes: Processes,
+) -> None:
+    max_age = 3.0
+    beat = processes.beat("beat", BEAT_MAX_LOOP_INTERVAL="1")
+    heartbeat_dir = processes.tmp_path / "beat"
+    wait_until(lambda: run_probe("beat", heartbeat_dir, max_age) == 0, 10, "a passing probe")
+    beat.signal(signal.SIGSTOP)
+    try:
+        failed_after = fails_within("beat", heartbeat_dir, max_age)
+    finally:
+        beat.signal(signal.SIGCONT)
+    print(f"beat probe failed {failed_after:.1f}s after SIGSTOP (bound {max_age}s)")
+    assert failed_after <= max_age + 1.5
+    wait_until(lambda: run_probe("beat", heartbeat_dir, max_age) == 0, 5, "a passing probe again")
+
+
+async def test_the_worker_probes_follow_the_main_process_not_the_tasks(
+    processes: Processes, e2e_redis: Redis, e2e_engine: AsyncEngine
+) -> None:
+    max_age = 2.0
+    task_seconds = 4 * max_age
+    heartbeat_dir = processes.tmp_path
+    worker = processes.worker(app=PROBE_APP, concurrency=1, HEARTBEAT_INTERVAL="0.5")
+    assert run_probe("worker", heartbeat_dir, max_age, "--ready") == 0
+    assert run_probe("worker", heartbeat_dir, max_age) == 0
+
+    # A task that outlasts the bound several times over, in the only pool child.
+    async with e2e_engine.begin() as conn:
+        user_id = await conn.scalar(
+            insert(User).values(email="p@example.com", full_name="P").returning(User.id)
+        )
+    [run_id] = await publish(e2e_redis, SLOW_UPDATE.name, user_id=user_id, seconds=task_seconds)
+    await reports(e2e_redis, 1)
+    probed_during_task = 0
+    deadline = time.monotonic() + task_seconds + 30
+    while time.monotonic() < deadline:
+        async with e2e_engine.connect() as conn:
+            state = await conn.scalar(select(TaskRun.state).where(TaskRun.id == run_id))
+        if state == TaskState.SUCCEEDED:
+            break
+        assert run_probe("worker", heartbeat_dir, max_age) == 0, "unhealthy during a long task"
+        probed_during_task += 1
+    assert state == TaskState.SUCCEEDED
+    assert probed_during_task >= 10
+
+    worker.signal(signal.SIGSTOP)
+    try:
+        failed_after = fails_within("worker", heartbeat_dir, max_age)
+    finally:
+        worker.signal(signal.SIGCONT)
+    print(f"worker probe failed {failed_after:.1f}s after SIGSTOP (bound {max_age}s)")
+    assert failed_after <= max_age + 1.5
+    wait_until(lambda: run_probe("worker", heartbeat_dir, max_age) == 0, 5, "a passing probe")
+
+    worker.stop()
+    assert not (heartbeat_dir / WORKER_READY).exists(), "still ready after shutdown"
+    assert run_probe("worker", heartbeat_dir, max_age, "--ready") != 0
