@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task
+from kombu import Queue as KombuQueue
 from pydantic import Field
 from redis import Redis
 from shared.contracts import Queue, TaskArgs, TaskContract
@@ -31,9 +32,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from worker.celery_app import app
 from worker.recording import Done, RunContext, execute, run_recorded
 
-__all__ = ["COUNTER_KEY", "NOOP", "TOUCH_USER", "TOUCH_USER_ASYNCIO_RUN", "app"]
+__all__ = ["COUNTER_KEY", "NOOP", "QUEUE", "TOUCH_USER", "TOUCH_USER_ASYNCIO_RUN", "app"]
 
 COUNTER_KEY = "bench:done"
+# A queue of its own: a bench worker must never take messages a development stack or another
+# run left on a shared Redis index, nor leave its own for them.
+QUEUE = "bench"
+app.conf.task_queues = [*app.conf.task_queues, KombuQueue(QUEUE, routing_key=QUEUE)]
 NOOP = "bench.noop"
 
 
@@ -41,6 +46,7 @@ class TouchUserArgs(TaskArgs):
     user_id: int = Field(ge=1)
 
 
+# Queue.DEFAULT is only what the contract declares; the benchmark publishes to QUEUE.
 TOUCH_USER = TaskContract("bench.touch_user", TouchUserArgs, bool, Queue.DEFAULT, False)
 TOUCH_USER_ASYNCIO_RUN = TaskContract(
     "bench.touch_user_asyncio_run", TouchUserArgs, bool, Queue.DEFAULT, False

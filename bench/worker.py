@@ -43,11 +43,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from bench.databases import REDIS_URL, create_migrated_database
-from bench.tasks import COUNTER_KEY, NOOP, TOUCH_USER, TOUCH_USER_ASYNCIO_RUN
+from bench.tasks import COUNTER_KEY, NOOP, QUEUE, TOUCH_USER, TOUCH_USER_ASYNCIO_RUN
 
 DATABASE = "backend_bench_worker"
-QUEUE = "default"
-QUEUES = "default,maintenance"  # the production worker's flags (scripts/run_stack.py)
 CONCURRENCY = 2
 PUBLISH_CHUNK = 200  # the worker starts on the first chunk while the rest are encoded
 POLL_SECONDS = 0.005
@@ -63,6 +61,7 @@ class Plan:
     round_size: int
     slow_tasks: int  # of (c)
     warmup: int  # of each kind, untimed: imports, pools and caches settle first
+    synchronous_commit: str = "on"
 
     @property
     def users(self) -> int:
@@ -82,7 +81,8 @@ class Kind:
 
 
 class BenchWorker:
-    """The worker process, started the way production starts it, and its children."""
+    """The worker process, started with production's flags (scripts/run_stack.py) but for
+    the queue, and its children."""
 
     def __init__(self, database: URL, log: Path) -> None:
         self.log = log
@@ -96,7 +96,7 @@ class BenchWorker:
         }
         argv = [
             sys.executable, "-m", "celery", "-A", "bench.tasks", "worker", "-P", "prefork",
-            "-c", str(CONCURRENCY), "-Q", QUEUES, "--loglevel", "INFO",
+            "-c", str(CONCURRENCY), "-Q", QUEUE, "--loglevel", "INFO",
         ]  # fmt: skip
         self.popen = subprocess.Popen(
             argv, cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
@@ -156,9 +156,15 @@ class Producer:
         kind.done += count
 
 
-async def seed_users(database: URL, count: int) -> None:
+async def seed_users(database: URL, count: int, synchronous_commit: str) -> None:
     engine = make_engine("bench", url=database)
     try:
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            # A diagnostic only (--synchronous-commit off): how much of (b) is waiting for the
+            # WAL flush of its two commits. Production keeps the default, on.
+            setting = f"SET synchronous_commit = {synchronous_commit}"
+            await conn.execute(text(f"ALTER DATABASE {database.database} {setting}"))
         async with engine.begin() as conn:
             await conn.execute(
                 text(
@@ -237,7 +243,8 @@ def report(
     )  # per child, warm-up to the end
     lines = [
         f"{CONCURRENCY} prefork children; {plan.tasks:,} tasks of (a) and of (b) in rounds of "
-        f"{plan.round_size:,}, alternating; {plan.slow_tasks:,} of (c).",
+        f"{plan.round_size:,}, alternating; {plan.slow_tasks:,} of (c); "
+        f"synchronous_commit = {plan.synchronous_commit}.",
         "Every task ends with one Redis INCR; a round is timed from its first publish until "
         f"the counter reaches the round's size (polled every {POLL_SECONDS * 1000:.0f} ms).",
         "",
@@ -268,16 +275,23 @@ def parse_plan(argv: list[str] | None) -> Plan:
     parser.add_argument("--round", type=int, default=1_000, help="tasks per round")
     parser.add_argument("--slow-tasks", type=int, default=500, help="of (c)")
     parser.add_argument("--quick", action="store_true", help="a smoke run of about 10 s")
+    parser.add_argument(
+        "--synchronous-commit",
+        choices=["on", "off"],
+        default="on",
+        help="diagnostic: off shows what the commits' WAL flushes cost (production: on)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
-        return Plan(tasks=1_000, round_size=250, slow_tasks=100, warmup=100)
-    return Plan(tasks=args.tasks, round_size=args.round, slow_tasks=args.slow_tasks, warmup=200)
+        args.tasks, args.round, args.slow_tasks = 1_000, 250, 100
+    warmup = 100 if args.quick else 200
+    return Plan(args.tasks, args.round, args.slow_tasks, warmup, args.synchronous_commit)
 
 
 def main(argv: list[str] | None = None) -> None:
     plan = parse_plan(argv)
     database = create_migrated_database(DATABASE)
-    asyncio.run(seed_users(database, plan.users))
+    asyncio.run(seed_users(database, plan.users, plan.synchronous_commit))
     with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
         worker = BenchWorker(database, Path(tmp) / "worker.log")
         try:
