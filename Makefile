@@ -36,3 +36,9 @@ migrate: sync
 
 run: migrate
 	uv run python scripts/run_stack.py
+
+bench-worker: services
+	uv run python -m bench.worker
+
+bench-maintenance: services
+	uv run python -m bench.maintenance

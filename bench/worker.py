@@ -1,0 +1,305 @@
+"""How fast does the worker drain recorded database tasks, next to bare Celery tasks?
+
+One prefork worker (`celery -A bench.tasks worker -P prefork -c 2`, the same flags throughout)
+drains, in alternating rounds (a b a b ...) so that machine noise falls on both kinds alike:
+
+(a) `bench.noop`, a bare task: the ceiling set by Celery, Redis and this machine;
+(b) `bench.touch_user`, shaped like `send_welcome_email` without SMTP: `run_recorded` claims the
+    run, then reads, locks and updates one user row and records SUCCEEDED in one transaction,
+    through `get_task_session()` on the child's loop and pooled engine.
+
+Then, for context, a smaller batch of
+(c) `bench.touch_user_asyncio_run`: the same run under `asyncio.run()`, which gives every
+    session a connection of its own (the slow path the runtime exists to avoid).
+
+Messages are published in pipelined batches with shared.broker.Broker. Every task's last action
+is one Redis INCR; a round's time runs from its first publish until the counter reaches the
+round's size. Prints the rates, the ratio b/a (target >= 0.8), and each worker child's RSS
+after every 10,000 tasks (target: flat, under 150 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+from redis.asyncio import Redis
+from shared.broker import Broker, TaskMessage
+from shared.db import make_engine
+from sqlalchemy import text
+from sqlalchemy.engine import URL
+
+from bench.databases import REDIS_URL, create_migrated_database
+from bench.tasks import COUNTER_KEY, NOOP, QUEUE, TOUCH_USER, TOUCH_USER_ASYNCIO_RUN
+
+DATABASE = "backend_bench_worker"
+CONCURRENCY = 2
+PUBLISH_CHUNK = 200  # the worker starts on the first chunk while the rest are encoded
+POLL_SECONDS = 0.005
+ROUND_TIMEOUT = 300.0
+RSS_EVERY = 10_000
+MB = 1024 * 1024
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Plan:
+    tasks: int  # of each of (a) and (b)
+    round_size: int
+    slow_tasks: int  # of (c)
+    warmup: int  # of each kind, untimed: imports, pools and caches settle first
+    synchronous_commit: str = "on"
+
+    @property
+    def users(self) -> int:
+        return 2 * self.warmup + self.tasks + self.slow_tasks
+
+
+@dataclass
+class Kind:
+    label: str
+    name: str
+    seconds: list[float] = field(default_factory=list)
+    done: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.done / sum(self.seconds)
+
+
+class BenchWorker:
+    """The worker process, started with production's flags (scripts/run_stack.py) but for
+    the queue, and its children."""
+
+    def __init__(self, database: URL, log: Path) -> None:
+        self.log = log
+        env = {
+            **os.environ,
+            "DATABASE_URL": database.render_as_string(hide_password=False),
+            "REDIS_URL": REDIS_URL,
+            "ENVIRONMENT": "development",
+            "LOG_LEVEL": "INFO",
+            "PYTHONPATH": str(REPO),
+        }
+        argv = [
+            sys.executable, "-m", "celery", "-A", "bench.tasks", "worker", "-P", "prefork",
+            "-c", str(CONCURRENCY), "-Q", QUEUE, "--loglevel", "INFO",
+        ]  # fmt: skip
+        self.popen = subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def check_alive(self) -> None:
+        if self.popen.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"the worker exited ({self.popen.returncode}):\n{tail}")
+
+    def children_rss_mb(self) -> dict[int, float]:
+        children = psutil.Process(self.popen.pid).children()
+        return {child.pid: child.memory_info().rss / MB for child in children}
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+
+
+class Producer:
+    def __init__(self, redis: Redis, worker: BenchWorker) -> None:
+        self.redis = redis
+        self.broker = Broker(redis, timeout=10)
+        self.worker = worker
+        self.user_ids: Iterator[int] = itertools.count(1)
+
+    def messages(self, name: str, count: int) -> list[TaskMessage]:
+        if name == NOOP:
+            return [TaskMessage(uuid.uuid4(), name, {}, QUEUE) for _ in range(count)]
+        return [
+            TaskMessage(uuid.uuid4(), name, {"user_id": next(self.user_ids)}, QUEUE)
+            for _ in range(count)
+        ]
+
+    async def drain(self, name: str, count: int) -> float:
+        """Seconds from the first publish until `count` tasks have counted themselves done."""
+        messages = self.messages(name, count)
+        await self.redis.delete(COUNTER_KEY)
+        start = time.perf_counter()
+        for i in range(0, count, PUBLISH_CHUNK):
+            await self.broker.publish(messages[i : i + PUBLISH_CHUNK])
+        while int(await self.redis.get(COUNTER_KEY) or 0) < count:
+            if time.perf_counter() - start > ROUND_TIMEOUT:
+                raise TimeoutError(f"{name}: {count} tasks not done in {ROUND_TIMEOUT}s")
+            self.worker.check_alive()
+            await asyncio.sleep(POLL_SECONDS)
+        return time.perf_counter() - start
+
+    async def run(self, kind: Kind, count: int) -> None:
+        kind.seconds.append(await self.drain(kind.name, count))
+        kind.done += count
+
+
+async def seed_users(database: URL, count: int, synchronous_commit: str) -> None:
+    engine = make_engine("bench", url=database)
+    try:
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            # A diagnostic only (--synchronous-commit off): how much of (b) is waiting for the
+            # WAL flush of its two commits. Production keeps the default, on.
+            setting = f"SET synchronous_commit = {synchronous_commit}"
+            await conn.execute(text(f"ALTER DATABASE {database.database} {setting}"))
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO users (email, full_name) SELECT 'bench' || i || '@example.com', "
+                    "'Bench User ' || i FROM generate_series(1, :n) AS i"
+                ),
+                {"n": count},
+            )
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text("VACUUM ANALYZE users"))
+    finally:
+        await engine.dispose()
+
+
+async def check_effects(database: URL) -> str:
+    """The (b) and (c) runs really happened: their rows are SUCCEEDED and their users stamped."""
+    engine = make_engine("bench", url=database)
+    try:
+        async with engine.connect() as conn:
+            runs = (
+                await conn.execute(
+                    text(
+                        "SELECT name, count(*) FROM task_runs WHERE state = 'SUCCEEDED' "
+                        "GROUP BY name ORDER BY name"
+                    )
+                )
+            ).all()
+            stamped = await conn.scalar(
+                text("SELECT count(*) FROM users WHERE welcome_email_sent_at IS NOT NULL")
+            )
+    finally:
+        await engine.dispose()
+    succeeded = ", ".join(f"{count:,} {name}" for name, count in runs)
+    return f"SUCCEEDED runs: {succeeded}; users stamped: {stamped:,}"
+
+
+def format_rss(label: str, rss: dict[int, float]) -> str:
+    children = "  ".join(f"pid {pid}: {mb:6.1f}" for pid, mb in sorted(rss.items()))
+    return f"  {label:<28}{children}"
+
+
+async def measure(plan: Plan, worker: BenchWorker, database: URL) -> list[str]:
+    redis: Redis = Redis.from_url(REDIS_URL)
+    producer = Producer(redis, worker)
+    bare = Kind("(a) bare Celery task", NOOP)
+    recorded = Kind("(b) recorded DB task, pooled", TOUCH_USER.name)
+    slow = Kind("(c) same, asyncio.run+NullPool", TOUCH_USER_ASYNCIO_RUN.name)
+    try:
+        await redis.delete(QUEUE, COUNTER_KEY)
+        for name in (NOOP, TOUCH_USER.name):  # also waits out the worker's start-up
+            await producer.drain(name, plan.warmup)
+        rss = [(f"after warm-up ({2 * plan.warmup:,})", worker.children_rss_mb())]
+        rounds, rest = divmod(plan.tasks, plan.round_size)
+        sizes = [plan.round_size] * rounds + ([rest] if rest else [])
+        for number, size in enumerate(sizes, 1):
+            for kind in (bare, recorded):
+                await producer.run(kind, size)
+            done = bare.done + recorded.done
+            if done // RSS_EVERY > (done - 2 * size) // RSS_EVERY or number == len(sizes):
+                rss.append((f"after {done:,} tasks", worker.children_rss_mb()))
+        await producer.run(slow, plan.slow_tasks)
+    finally:
+        await redis.aclose()
+    return [*report(plan, bare, recorded, slow, rss), await check_effects(database)]
+
+
+def report(
+    plan: Plan, bare: Kind, recorded: Kind, slow: Kind, rss: list[tuple[str, dict[int, float]]]
+) -> list[str]:
+    ratio = recorded.rate / bare.rate
+    per_round = [b / r for b, r in zip(bare.seconds, recorded.seconds, strict=True)]
+    peak = max(mb for _, snapshot in rss for mb in snapshot.values())
+    growth = max(
+        rss[-1][1].get(pid, mb) - mb for pid, mb in rss[0][1].items()
+    )  # per child, warm-up to the end
+    lines = [
+        f"{CONCURRENCY} prefork children; {plan.tasks:,} tasks of (a) and of (b) in rounds of "
+        f"{plan.round_size:,}, alternating; {plan.slow_tasks:,} of (c); "
+        f"synchronous_commit = {plan.synchronous_commit}.",
+        "Every task ends with one Redis INCR; a round is timed from its first publish until "
+        f"the counter reaches the round's size (polled every {POLL_SECONDS * 1000:.0f} ms).",
+        "",
+    ]
+    for kind in (bare, recorded, slow):
+        lines.append(
+            f"{kind.label:<34}{kind.done:>7,} tasks {sum(kind.seconds):7.2f} s "
+            f"{kind.rate:7.1f} tasks/s"
+        )
+    lines += [
+        "",
+        f"ratio b/a: {ratio:.2f} (per round pair: min {min(per_round):.2f}, median "
+        f"{statistics.median(per_round):.2f}, max {max(per_round):.2f}); target >= 0.8: "
+        f"{'met' if ratio >= 0.8 else 'MISSED'}",
+        f"pooled runtime vs asyncio.run + NullPool: b/c = {recorded.rate / slow.rate:.1f}x",
+        "",
+        "worker children RSS (MB):",
+        *(format_rss(label, snapshot) for label, snapshot in rss),
+        f"peak {peak:.1f} MB, growth per child from warm-up to end at most {growth:+.1f} MB; "
+        f"target < 150 MB and flat: {'met' if peak < 150 and growth < 5 else 'MISSED'}",
+    ]
+    return lines
+
+
+def parse_plan(argv: list[str] | None) -> Plan:
+    parser = argparse.ArgumentParser(prog="python -m bench.worker", description=__doc__)
+    parser.add_argument("--tasks", type=int, default=10_000, help="of each of (a) and (b)")
+    parser.add_argument("--round", type=int, default=1_000, help="tasks per round")
+    parser.add_argument("--slow-tasks", type=int, default=500, help="of (c)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of about 10 s")
+    parser.add_argument(
+        "--synchronous-commit",
+        choices=["on", "off"],
+        default="on",
+        help="diagnostic: off shows what the commits' WAL flushes cost (production: on)",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.tasks, args.round, args.slow_tasks = 1_000, 250, 100
+    warmup = 100 if args.quick else 200
+    return Plan(args.tasks, args.round, args.slow_tasks, warmup, args.synchronous_commit)
+
+
+def main(argv: list[str] | None = None) -> None:
+    plan = parse_plan(argv)
+    database = create_migrated_database(DATABASE)
+    asyncio.run(seed_users(database, plan.users, plan.synchronous_commit))
+    with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
+        worker = BenchWorker(database, Path(tmp) / "worker.log")
+        try:
+            lines = asyncio.run(measure(plan, worker, database))
+        finally:
+            worker.stop()
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
