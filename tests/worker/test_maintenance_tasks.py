@@ -26,14 +26,16 @@ def run(state: TaskState, age: timedelta, now: datetime) -> TaskRun:
     )
 
 
-@pytest.mark.parametrize("batch", [tasks.PRUNE_BATCH, 3])
+@pytest.mark.parametrize("pages", [tasks.PRUNE_PAGES, 1])
 async def test_prunes_only_finished_runs_older_than_days(
-    db: AsyncSession, batch: int, monkeypatch: pytest.MonkeyPatch
+    db: AsyncSession, pages: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tasks, "PRUNE_BATCH", batch)
+    monkeypatch.setattr(tasks, "PRUNE_PAGES", pages)
     now = datetime.now(UTC)
     old = [run(TaskState.SUCCEEDED, timedelta(days=31, minutes=i), now) for i in range(7)]
-    old += [run(TaskState.FAILED, timedelta(days=40), now) for _ in range(5)]  # a tie group
+    old += [run(TaskState.FAILED, timedelta(days=40), now) for _ in range(5)]
+    # Enough rows to span several pages, so a one-page batch walks many batches.
+    old += [run(TaskState.SUCCEEDED, timedelta(days=45), now) for _ in range(400)]
     keep = [
         run(TaskState.SUCCEEDED, timedelta(days=29), now),
         run(TaskState.STARTED, timedelta(days=60), now),

@@ -25,12 +25,18 @@ def make_engine(
     pool_size: int | None = None,
     max_overflow: int = 0,
     pre_ping: bool = False,
+    synchronous_commit: bool = True,
     url: URL | None = None,
 ) -> AsyncEngine:
     """An engine labelled with its process kind; `pool_size=None` means no pool (NullPool).
 
     `pre_ping` checks each pooled connection before use (one round trip), so a PostgreSQL
     restart costs no failed request; worth it for the API, whose requests are not retried.
+
+    `synchronous_commit=False` lets a commit return before its WAL reaches the disk. Worker
+    commits can afford it: a PostgreSQL crash loses at most the last moment of them, each
+    effect together with its record, and redelivery or the relay's repair runs those tasks
+    again. The API's commits are promises to clients and stay durable.
 
     Never call this at import time: an engine created before a fork shares its sockets with
     every child.
@@ -50,7 +56,10 @@ def make_engine(
         url or settings.database,
         **pool,
         connect_args={
-            "server_settings": {"application_name": f"backend.{kind}"},
+            "server_settings": {
+                "application_name": f"backend.{kind}",
+                "synchronous_commit": "on" if synchronous_commit else "off",
+            },
             "timeout": 5,
             "command_timeout": 60,
         },

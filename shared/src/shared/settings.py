@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, le=100)
     db_max_overflow: int = Field(default=5, ge=0, le=100)
     worker_db_pool_size: int = Field(default=2, ge=1, le=20)
+    worker_synchronous_commit: bool = False
 
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
 

@@ -160,7 +160,11 @@ class _ChildRuntime:
     def start(cls) -> _ChildRuntime:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        engine = make_engine("worker", pool_size=settings.worker_db_pool_size)
+        engine = make_engine(
+            "worker",
+            pool_size=settings.worker_db_pool_size,
+            synchronous_commit=settings.worker_synchronous_commit,
+        )
         redis = connect_redis(settings.redis_url.get_secret_value(), settings.publish_timeout)
         return cls(os.getpid(), loop, engine, make_sessionmaker(engine), redis)
 
@@ -219,7 +223,9 @@ async def get_task_session() -> AsyncIterator[AsyncSession]:
         async with _transaction(runtime.sessions) as session:
             yield session
         return
-    engine = make_engine("worker", pool_size=None)
+    engine = make_engine(
+        "worker", pool_size=None, synchronous_commit=settings.worker_synchronous_commit
+    )
     try:
         async with _transaction(make_sessionmaker(engine)) as session:
             yield session

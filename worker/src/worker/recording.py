@@ -17,6 +17,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Any, Generic, TypeVar
 
 from celery import Task
@@ -26,8 +27,8 @@ from shared.broker import REQUEST_ID_HEADER
 from shared.contracts import ArgsT, ResultT, TaskContract
 from shared.models import FINISHED_STATES, TaskRun, TaskState
 from shared.settings import settings
-from sqlalchemy import func, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from worker.celery_app import get_task_session, run_async
@@ -63,58 +64,84 @@ class Failed:
     error: Exception
 
 
-async def claim(db: AsyncSession, run: RunContext) -> tuple[TaskState, int, object]:
-    """Mark the run STARTED (creating its row if needed); return its state and attempts.
-
-    A finished run comes back unchanged with its stored result.
-    """
-    now = func.now()
-    new_row = insert(TaskRun).values(
-        id=run.id,
-        name=run.name,
-        kwargs=run.kwargs,
+# Built once: constructing statements costs more Python time per run than running them.
+_NOW = func.now()
+_UNFINISHED = TaskRun.state.not_in(FINISHED_STATES)
+_CLAIM = (
+    insert(TaskRun)
+    .values(
+        id=bindparam("id"),
+        name=bindparam("name"),
+        kwargs=bindparam("kwargs", type_=JSONB),
         state=TaskState.STARTED,
         attempts=1,
-        request_id=run.request_id,
-        published_at=now,
-        started_at=now,
+        request_id=bindparam("request_id"),
+        published_at=_NOW,
+        started_at=_NOW,
     )
-    statement = new_row.on_conflict_do_update(
+    .on_conflict_do_update(
         index_elements=[TaskRun.id],
         set_={
             "state": TaskState.STARTED,
             "attempts": TaskRun.attempts + 1,
-            "started_at": now,
-            "published_at": func.coalesce(TaskRun.published_at, now),
+            "started_at": _NOW,
+            "published_at": func.coalesce(TaskRun.published_at, _NOW),
         },
-        where=TaskRun.state.not_in(FINISHED_STATES),
-    ).returning(TaskRun.state, TaskRun.attempts, TaskRun.result)
-    row = (await db.execute(statement)).one_or_none()
-    if row is None:  # finished already: the conflict's WHERE left it alone
-        row = (
-            await db.execute(
-                select(TaskRun.state, TaskRun.attempts, TaskRun.result).where(TaskRun.id == run.id)
-            )
-        ).one()
-    return row.state, row.attempts, row.result
+        where=_UNFINISHED,  # a finished run is left alone: the statement returns no row
+    )
+    .returning(TaskRun.state, TaskRun.attempts, TaskRun.result)
+)
+_STORED = select(TaskRun.state, TaskRun.attempts, TaskRun.result).where(
+    TaskRun.id == bindparam("id")
+)
+_SUCCEED = (
+    update(TaskRun)
+    .where(TaskRun.id == bindparam("run_id"), _UNFINISHED)
+    .values(
+        state=TaskState.SUCCEEDED,
+        result=bindparam("result", type_=JSONB),
+        error=None,
+        finished_at=_NOW,
+    )
+)
+
+
+async def claim(db: AsyncSession, run: RunContext) -> tuple[TaskState, int, object]:
+    """Mark the run STARTED (creating its row if needed) in one autocommit statement; return
+    its state, attempts and stored result. A finished run comes back unchanged."""
+    connection = await db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    params = {"id": run.id, "name": run.name, "kwargs": run.kwargs, "request_id": run.request_id}
+    row = (await connection.execute(_CLAIM, params)).one_or_none()
+    if row is None:
+        row = (await connection.execute(_STORED, {"id": run.id})).one()
+    return TaskState(row.state), row.attempts, row.result
+
+
+async def record_success(db: AsyncSession, run_id: uuid.UUID, result: object) -> None:
+    """In the work's own transaction, so the effect and its record commit together."""
+    connection = await db.connection()
+    await connection.execute(_SUCCEED, {"run_id": run_id, "result": result})
 
 
 async def record(db: AsyncSession, run_id: uuid.UUID, state: TaskState, **values: object) -> None:
     """Move an unfinished run to `state`. A finished run is never rewritten: when a duplicate
     delivery runs beside the original, the first outcome recorded stays."""
     if state in FINISHED_STATES:
-        values["finished_at"] = func.now()
+        values["finished_at"] = _NOW
     await db.execute(
-        update(TaskRun)
-        .where(TaskRun.id == run_id, TaskRun.state.not_in(FINISHED_STATES))
-        .values(state=state, **values)
+        update(TaskRun).where(TaskRun.id == run_id, _UNFINISHED).values(state=state, **values)
     )
+
+
+@cache
+def _results(contract: TaskContract[ArgsT, ResultT]) -> TypeAdapter[ResultT]:
+    return TypeAdapter(contract.result)
 
 
 async def execute(
     run: RunContext, contract: TaskContract[ArgsT, ResultT], core: Core[ArgsT, ResultT]
 ) -> Done[ResultT] | RetryLater | Failed:
-    results = TypeAdapter(contract.result)
+    results = _results(contract)
     async with get_task_session() as db:
         state, attempts, stored = await claim(db, run)
     if state in FINISHED_STATES:
@@ -128,9 +155,7 @@ async def execute(
         async with get_task_session() as db:
             args = contract.args.model_validate(run.kwargs)
             value = await core(args, db)
-            await record(
-                db, run.id, TaskState.SUCCEEDED, result=results.dump_python(value, mode="json")
-            )
+            await record_success(db, run.id, results.dump_python(value, mode="json"))
         return Done(value)
     except Exception as exc:
         outcome: RetryLater | Failed
