@@ -8,7 +8,6 @@ interpreter start-up and imports excluded) and the process's peak RSS (ru_maxrss
 
 from __future__ import annotations
 
-import asyncio
 import json
 import resource
 import sys
@@ -17,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from shared.contracts import NoArgs, PruneLogsArgs
+from worker.celery_app import run_async
 from worker.maintenance.tasks import prune_logs_core
 from worker.users.tasks import deactivate_inactive_users_core
 
@@ -30,7 +30,7 @@ def main() -> None:
     if len(sys.argv) != 2 or sys.argv[1] not in JOBS:
         raise SystemExit(f"usage: python -m bench.maintenance_task {{{','.join(JOBS)}}}")
     start = time.perf_counter()
-    rows = asyncio.run(JOBS[sys.argv[1]]())
+    rows = run_async(JOBS[sys.argv[1]]())  # the worker child's loop and pool, as in production
     seconds = time.perf_counter() - start
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     print(json.dumps({"rows": rows, "seconds": seconds, "peak_rss_mb": peak_kib / 1024}))

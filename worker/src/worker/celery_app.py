@@ -227,7 +227,11 @@ async def get_task_session() -> AsyncIterator[AsyncSession]:
         "worker", pool_size=None, synchronous_commit=settings.worker_synchronous_commit
     )
     try:
-        async with _transaction(make_sessionmaker(engine)) as session:
+        # One connection for the whole block: a session bound to the engine would close it at
+        # every intermediate commit (no pool) and reconnect for the next batch.
+        async with engine.connect() as connection, _transaction(
+            async_sessionmaker(connection, expire_on_commit=False)
+        ) as session:
             yield session
     finally:
         await engine.dispose()
