@@ -6,6 +6,9 @@ see each other's rows or messages:
 - `backend_test_<worker>` and Redis index 1 + 2n: in-process tests; every test rolls back.
 - `backend_test_<worker>_e2e` and Redis index 2 + 2n: tests that start real processes; those
   commit for real, and the fixture that started them cleans up after them.
+
+Two checkouts testing on one machine at once: give each its own TEST_NAMESPACE (a suffix of the
+database names) and its own Redis server through REDIS_URL.
 """
 
 import os
@@ -24,8 +27,9 @@ _server = make_url(
 ).set(drivername="postgresql+asyncpg")
 _redis = urlsplit(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
 
-TEST_DATABASE = f"backend_test_{WORKER}"
-E2E_DATABASE = f"backend_test_{WORKER}_e2e"
+NAMESPACE = re.sub(r"\W", "", os.environ.get("TEST_NAMESPACE", ""))
+TEST_DATABASE = f"backend_test{NAMESPACE and '_' + NAMESPACE}_{WORKER}"
+E2E_DATABASE = f"{TEST_DATABASE}_e2e"
 TEST_DATABASE_URL = _server.set(database=TEST_DATABASE)
 E2E_DATABASE_URL = _server.set(database=E2E_DATABASE)
 MAINTENANCE_DATABASE_URL = _server.set(database="postgres")

@@ -229,9 +229,10 @@ async def get_task_session() -> AsyncIterator[AsyncSession]:
     try:
         # One connection for the whole block: a session bound to the engine would close it at
         # every intermediate commit (no pool) and reconnect for the next batch.
-        async with engine.connect() as connection, _transaction(
-            async_sessionmaker(connection, expire_on_commit=False)
-        ) as session:
+        async with (
+            engine.connect() as connection,
+            _transaction(async_sessionmaker(connection, expire_on_commit=False)) as session,
+        ):
             yield session
     finally:
         await engine.dispose()
