@@ -176,6 +176,10 @@ async def test_concurrent_sign_ups_with_one_email_exactly_one_wins(
         (b'{"email": "a@example.com", "full_name": "lone \\ud800 surrogate"}', "application/json"),
         (b'{"email": "a@example.com", "full_name": ', "application/json"),
         (b"\xff\xfe not utf-8", "application/json"),
+        # What FastAPI alone answers with a 400: not UTF-8, too deep for json, too many digits.
+        (b'{"email": "a@example.com", "full_name": "v\xc3"}', "application/json"),
+        (b"[" * 5_000 + b"]" * 5_000, "application/json"),
+        (b'{"email": "a@example.com", "full_name": ' + b"9" * 5_000 + b"}", "application/json"),
         (b"email=a@example.com&full_name=X", "application/x-www-form-urlencoded"),
         (b'{"email": "a@example.com", "full_name": "X"}', "text/plain"),
         (b"[]", "application/json"),
@@ -188,6 +192,7 @@ async def test_malformed_bodies_are_422(
         "/users", content=content, headers={**CLIENT, "Content-Type": content_type}
     )
     assert response.status_code == 422, response.text
+    assert response.json()["detail"]
 
 
 async def test_bodies_over_64_kib_are_413(client: AsyncClient) -> None:
