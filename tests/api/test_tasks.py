@@ -1,3 +1,5 @@
+import base64
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -149,3 +151,47 @@ async def test_schedules_are_read_from_beats_state_in_redis(
             "last_run_at": "2026-11-24T03:45:00.000005Z",
         }
     ]
+
+
+def _cursor(*key: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
+
+
+NIL = "00000000-0000-0000-0000-000000000000"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        ["0001-01-01T00:00:00+14:00", NIL],  # before year 1 in UTC
+        ["9999-12-31T23:59:59-14:00", NIL],  # after year 9999 in UTC
+        ["2026-01-01T00:00:00", NIL],  # no offset
+        ["2026-01-01T00:00:00+00:00", "not-a-uuid"],
+        ["2026-01-01T00:00:00+00:00", 5],
+        ["2026-01-01T00:00:00+00:00"],
+        [1, 2, 3],
+        [{"a": 1}, NIL],
+    ],
+)
+async def test_forged_cursors_are_422(client: AsyncClient, key: list[object]) -> None:
+    response = await client.get("/tasks", params={"cursor": _cursor(*key)}, headers=ADMIN)
+    assert response.status_code == 422
+    assert response.json() == {
+        "detail": "invalid cursor: pass next_cursor from a previous page unchanged"
+    }
+
+
+async def test_a_cursor_at_the_ends_of_the_date_range_pages_from_there(
+    client: AsyncClient, db: AsyncSession
+) -> None:
+    run = TaskRun(id=uuid.uuid4(), name="outbox.relay", kwargs={}, attempts=0)
+    db.add(run)
+    await db.flush()
+    latest = await client.get(
+        "/tasks", params={"cursor": _cursor("9999-12-31T23:59:59+00:00", NIL)}, headers=ADMIN
+    )
+    assert [r["id"] for r in latest.json()["items"]] == [str(run.id)]
+    earliest = await client.get(
+        "/tasks", params={"cursor": _cursor("0001-01-01T00:00:00-14:00", NIL)}, headers=ADMIN
+    )
+    assert earliest.json() == {"items": [], "next_cursor": None}

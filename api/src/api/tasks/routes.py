@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, status
@@ -115,8 +115,11 @@ def _run_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         moment = datetime.fromisoformat(str(created_at))
         if moment.tzinfo is None:
             raise ValueError
+        # In UTC, as asyncpg sends it: an offset can push a date past year 1 or 9999, which
+        # Python cannot represent (OverflowError), and asyncpg's would be a 500.
+        moment = moment.astimezone(UTC)
         return moment, uuid.UUID(str(run_id))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise InvalidCursor from None
 
 
