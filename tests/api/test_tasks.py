@@ -195,3 +195,51 @@ async def test_a_cursor_at_the_ends_of_the_date_range_pages_from_there(
         "/tasks", params={"cursor": _cursor("0001-01-01T00:00:00-14:00", NIL)}, headers=ADMIN
     )
     assert earliest.json() == {"items": [], "next_cursor": None}
+
+
+async def test_an_idempotency_key_of_200_characters_is_kept_and_201_is_422(
+    client: AsyncClient, db: AsyncSession
+) -> None:
+    printable = "".join(chr(c) for c in range(0x20, 0x7F))  # every printable ASCII character
+    key = (printable * 3)[:200]
+    response = await client.post("/tasks", json=PRUNE, headers={**ADMIN, "Idempotency-Key": key})
+    assert response.status_code == 202
+    run = await db.get(TaskRun, uuid.UUID(response.json()["id"]))
+    assert run is not None
+    assert run.idempotency_key == key
+    too_long = await client.post(
+        "/tasks", json=PRUNE, headers={**ADMIN, "Idempotency-Key": key + "x"}
+    )
+    assert too_long.status_code == 422
+    assert too_long.json()["detail"][0]["type"] == "string_too_long"
+
+
+@pytest.mark.parametrize("key", ["a\x00b", "a\x1fb", "a\x7fb"])
+async def test_control_characters_in_an_idempotency_key_are_422(
+    client: AsyncClient, key: str
+) -> None:
+    """PostgreSQL refuses a NUL in text: it must never get that far."""
+    response = await client.post("/tasks", json=PRUNE, headers={**ADMIN, "Idempotency-Key": key})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+
+
+@pytest.mark.parametrize("name", ["\x00", "a\nb", "x" * 201])
+async def test_a_name_filter_with_control_characters_or_too_long_is_422(
+    client: AsyncClient, name: str
+) -> None:
+    response = await client.get("/tasks", params={"name": name}, headers=ADMIN)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "name"]
+
+
+async def test_sql_looking_filters_and_keys_are_only_data(
+    client: AsyncClient, db: AsyncSession
+) -> None:
+    sql = "x' OR '1'='1'; DROP TABLE task_runs;--"
+    listed = await client.get("/tasks", params={"name": sql}, headers=ADMIN)
+    assert listed.json() == {"items": [], "next_cursor": None}
+    response = await client.post("/tasks", json=PRUNE, headers={**ADMIN, "Idempotency-Key": sql})
+    run = await db.get(TaskRun, uuid.UUID(response.json()["id"]))
+    assert run is not None
+    assert run.idempotency_key == sql
