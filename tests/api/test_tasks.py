@@ -243,3 +243,46 @@ async def test_sql_looking_filters_and_keys_are_only_data(
     run = await db.get(TaskRun, uuid.UUID(response.json()["id"]))
     assert run is not None
     assert run.idempotency_key == sql
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b'{"name": "maintenance.prune_logs", "kwargs": ', "application/json"),
+        (b'{"name": "maintenance.prune_logs", "kwargs": {"days": 7}}', "text/plain"),
+        (b"name=maintenance.prune_logs", "application/x-www-form-urlencoded"),
+        (b'{"name": "maintenance.prune_logs", "kwargs": []}', "application/json"),
+        (b'{"name": "maintenance.prune_logs", "kwargs": {"days": 7}, "x": 1}', "application/json"),
+        (
+            b'{"name": "maintenance.prune_logs", "kwargs": {"days": 1' + b"0" * 5_000 + b"}}",
+            "application/json",
+        ),
+        (b'{"name": "maintenance.prune_logs", "kwargs": {"days": NaN}}', "application/json"),
+        (b'{"name": "maintenance.prune_logs", "kwargs": {"days": 1e999}}', "application/json"),
+        (b'{"name": "\\u0000", "kwargs": {}}', "application/json"),
+        (b'{"name": "\\ud800", "kwargs": {}}', "application/json"),
+        (b'{"name": "maintenance.prune_logs", "kwargs": {"\\ud800": 1}}', "application/json"),
+        (b'{"name": "x", "kwargs": {"a": ' + b"[" * 900 + b"]" * 900 + b"}}", "application/json"),
+        (b"\xff\xfe\xfd", "application/json"),
+    ],
+)
+async def test_malformed_task_bodies_are_422(
+    client: AsyncClient, content: bytes, content_type: str
+) -> None:
+    response = await client.post(
+        "/tasks", content=content, headers={**ADMIN, "Content-Type": content_type}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"]
+
+
+@pytest.mark.parametrize(("method", "path"), [("POST", "/tasks"), ("PATCH", "/users/1")])
+async def test_bodies_over_64_kib_are_413_on_every_route_that_takes_one(
+    client: AsyncClient, method: str, path: str
+) -> None:
+    body = b'{"name": "' + b"x" * 70_000 + b'"}'
+    response = await client.request(
+        method, path, content=body, headers={**ADMIN, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert response.json() == {"detail": "request body larger than 65536 bytes"}

@@ -114,9 +114,25 @@ async def test_unknown_user_is_404(client: AsyncClient, method: str) -> None:
     assert (await client.post("/users/999999/activity", headers=CLIENT)).status_code == 404
 
 
-@pytest.mark.parametrize("user_id", ["0", "-1", str(2**63), "99999999999999999999", "abc"])
-async def test_out_of_range_ids_are_422(client: AsyncClient, user_id: str) -> None:
-    assert (await client.get(f"/users/{user_id}", headers=CLIENT)).status_code == 422
+@pytest.mark.parametrize(
+    "user_id",
+    ["0", "-1", str(2**63), "99999999999999999999", "-" + "9" * 5_000, "abc", "1e3", "0x10", " "],
+)
+@pytest.mark.parametrize(
+    ("method", "suffix"), [("GET", ""), ("PATCH", ""), ("DELETE", ""), ("POST", "/activity")]
+)
+async def test_out_of_range_ids_are_422(
+    client: AsyncClient, user_id: str, method: str, suffix: str
+) -> None:
+    response = await client.request(
+        method, f"/users/{user_id}{suffix}", headers=CLIENT, json={"full_name": "X"}
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["path", "user_id"]
+
+
+async def test_the_largest_bigint_id_is_a_plain_404(client: AsyncClient) -> None:
+    assert (await client.get(f"/users/{2**63 - 1}", headers=CLIENT)).status_code == 404
 
 
 async def test_list_pages_with_a_keyset_cursor_and_filters(client: AsyncClient) -> None:
