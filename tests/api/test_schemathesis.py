@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 import schemathesis
-from httpx import AsyncClient, Response
+from fastapi import FastAPI
+from httpx import ASGITransport, AsyncClient, Response
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import APIOperation, Case, GenerationMode
@@ -44,7 +45,6 @@ CHECKS = [
 ]
 EXAMPLES = 100  # per operation and generation mode; small input spaces end sooner
 MINIMUM_CASES = 1000
-TIME_BUDGET_SECONDS = 120
 
 AnyCase = Case[Any]
 AnyOperation = APIOperation[Any, Any, Any, Any]
@@ -101,7 +101,17 @@ def _fuzz(operation: AnyOperation, mode: GenerationMode, run: Callable[[AnyCase]
     return count
 
 
-async def test_every_operation_conforms_to_the_served_schema(client: AsyncClient) -> None:
+async def test_every_operation_conforms_to_the_served_schema(
+    api_app: FastAPI, client: AsyncClient
+) -> None:
+    # The `client` fixture puts the app on the test's session; this client, on the same app,
+    # answers a crash with the 500 a real server sends instead of raising it in the test.
+    transport = ASGITransport(app=api_app, raise_app_exceptions=False)
+    async with AsyncClient(transport=transport, base_url=client.base_url) as http:
+        await _check_every_operation(http)
+
+
+async def _check_every_operation(client: AsyncClient) -> None:
     served = await client.get("/openapi.json")
     schema = schemathesis.openapi.from_dict(served.json())
     loop = asyncio.get_running_loop()
@@ -129,4 +139,3 @@ async def test_every_operation_conforms_to_the_served_schema(client: AsyncClient
     total = sum(counts.values())
     print(f"\nschemathesis: {total} cases in {elapsed:.1f}s, statuses {dict(statuses)}: {counts}")
     assert total >= MINIMUM_CASES, counts
-    assert elapsed < TIME_BUDGET_SECONDS
