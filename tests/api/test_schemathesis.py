@@ -95,7 +95,8 @@ def _fuzz(operation: AnyOperation, mode: GenerationMode, run: Callable[[AnyCase]
     try:
         generated()
     except Unsatisfiable:
-        # Every input is valid (the run ids are any string): nothing negative to generate.
+        # Whatever is left to generate is always valid (a run id is any string; the token is
+        # fixed): there is no negative case to make.
         assert mode == GenerationMode.NEGATIVE
         assert count == 0
     return count
