@@ -1,4 +1,6 @@
 import asyncio
+import base64
+import json
 import uuid
 from collections.abc import AsyncIterator
 
@@ -12,7 +14,7 @@ from shared.models import TaskRun, TaskState, User
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from tests.fixtures.api import CLIENT
+from tests.fixtures.api import ADMIN, CLIENT
 
 
 async def create(client: AsyncClient, email: str = "ada@example.com", **extra: object) -> dict:  # type: ignore[type-arg]
@@ -112,9 +114,25 @@ async def test_unknown_user_is_404(client: AsyncClient, method: str) -> None:
     assert (await client.post("/users/999999/activity", headers=CLIENT)).status_code == 404
 
 
-@pytest.mark.parametrize("user_id", ["0", "-1", str(2**63), "99999999999999999999", "abc"])
-async def test_out_of_range_ids_are_422(client: AsyncClient, user_id: str) -> None:
-    assert (await client.get(f"/users/{user_id}", headers=CLIENT)).status_code == 422
+@pytest.mark.parametrize(
+    "user_id",
+    ["0", "-1", str(2**63), "99999999999999999999", "-" + "9" * 5_000, "abc", "1e3", "0x10", " "],
+)
+@pytest.mark.parametrize(
+    ("method", "suffix"), [("GET", ""), ("PATCH", ""), ("DELETE", ""), ("POST", "/activity")]
+)
+async def test_out_of_range_ids_are_422(
+    client: AsyncClient, user_id: str, method: str, suffix: str
+) -> None:
+    response = await client.request(
+        method, f"/users/{user_id}{suffix}", headers=CLIENT, json={"full_name": "X"}
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["path", "user_id"]
+
+
+async def test_the_largest_bigint_id_is_a_plain_404(client: AsyncClient) -> None:
+    assert (await client.get(f"/users/{2**63 - 1}", headers=CLIENT)).status_code == 404
 
 
 async def test_list_pages_with_a_keyset_cursor_and_filters(client: AsyncClient) -> None:
@@ -176,6 +194,10 @@ async def test_concurrent_sign_ups_with_one_email_exactly_one_wins(
         (b'{"email": "a@example.com", "full_name": "lone \\ud800 surrogate"}', "application/json"),
         (b'{"email": "a@example.com", "full_name": ', "application/json"),
         (b"\xff\xfe not utf-8", "application/json"),
+        # What FastAPI alone answers with a 400: not UTF-8, too deep for json, too many digits.
+        (b'{"email": "a@example.com", "full_name": "v\xc3"}', "application/json"),
+        (b"[" * 5_000 + b"]" * 5_000, "application/json"),
+        (b'{"email": "a@example.com", "full_name": ' + b"9" * 5_000 + b"}", "application/json"),
         (b"email=a@example.com&full_name=X", "application/x-www-form-urlencoded"),
         (b'{"email": "a@example.com", "full_name": "X"}', "text/plain"),
         (b"[]", "application/json"),
@@ -188,6 +210,7 @@ async def test_malformed_bodies_are_422(
         "/users", content=content, headers={**CLIENT, "Content-Type": content_type}
     )
     assert response.status_code == 422, response.text
+    assert response.json()["detail"]
 
 
 async def test_bodies_over_64_kib_are_413(client: AsyncClient) -> None:
@@ -204,3 +227,187 @@ async def test_bodies_over_64_kib_are_413(client: AsyncClient) -> None:
 
     streamed = await client.post("/users", content=chunks(), headers=CLIENT)
     assert streamed.status_code == 413
+
+
+def _cursor(*key: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "key", [[2**63], [10**20], [-(10**20)], [-1], [True], [1.5], ["1"], [1, 2], [None], []]
+)
+async def test_forged_cursors_outside_a_bigint_or_of_the_wrong_shape_are_422(
+    client: AsyncClient, key: list[object]
+) -> None:
+    response = await client.get("/users", params={"cursor": _cursor(*key)}, headers=CLIENT)
+    assert response.status_code == 422
+    assert response.json() == {
+        "detail": "invalid cursor: pass next_cursor from a previous page unchanged"
+    }
+
+
+async def test_a_cursor_at_the_ends_of_the_id_range_is_an_empty_or_full_page(
+    client: AsyncClient,
+) -> None:
+    user = await create(client)
+    first = await client.get("/users", params={"cursor": _cursor(0)}, headers=CLIENT)
+    assert [u["id"] for u in first.json()["items"]] == [user["id"]]
+    last = await client.get("/users", params={"cursor": _cursor(2**63 - 1)}, headers=CLIENT)
+    assert last.json() == {"items": [], "next_cursor": None}
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("ada@bücher.de", "ada@bücher.de"),  # IDN domain
+        ("ada@xn--bcher-kva.de", "ada@bücher.de"),  # the same domain in punycode
+        ("josé@example.com", "josé@example.com"),  # internationalized local part
+        ("用户@例子.广告", "用户@例子.广告"),
+        ("🎉@example.com", "🎉@example.com"),
+        ("e\u0301@example.com", "\u00e9@example.com"),  # decomposed é, stored composed (NFC)
+        ("Ada@ÉXAMPLE.COM", "Ada@éxample.com"),  # the domain lowercased, the local part kept
+    ],
+)
+async def test_unicode_emails_are_normalized_and_stored(
+    client: AsyncClient, given: str, stored: str
+) -> None:
+    created = await create(client, given)
+    assert created["email"] == stored
+    fetched = await client.get(f"/users/{created['id']}", headers=CLIENT)
+    assert fetched.json()["email"] == stored
+
+
+async def test_an_idn_domain_and_its_punycode_are_one_email(client: AsyncClient) -> None:
+    await create(client, "ada@bücher.de")
+    response = await client.post(
+        "/users", json={"email": "ada@xn--bcher-kva.de", "full_name": "Ada"}, headers=CLIENT
+    )
+    assert response.status_code == 409
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "ada@example.com\u200f",  # right-to-left mark
+        "ada\u202e@example.com",  # right-to-left override
+        "a\u200db@example.com",  # zero-width joiner
+        "a\u200bb@example.com",  # zero-width space
+        "\ufeffada@example.com",  # byte order mark
+        "ada@🎉.com",  # emoji domain
+        "ada@example.com\u0000",
+        "ada@exam ple.com",
+        "ada@example.com'; DROP TABLE users;--",
+        '"ada"@example.com',
+        "ada@[127.0.0.1]",
+        "ada@localhost",
+        "a" * 64 + "@" + "b" * 250 + ".com",
+        "",
+    ],
+)
+async def test_unsafe_or_invalid_emails_are_422(client: AsyncClient, email: str) -> None:
+    response = await client.post(
+        "/users", json={"email": email, "full_name": "Ada"}, headers=CLIENT
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "email"]
+
+
+@pytest.mark.parametrize("unit", ["x", "é", "🎉", "日"])
+async def test_a_name_of_200_characters_is_kept_and_201_is_422(
+    client: AsyncClient, unit: str
+) -> None:
+    """Characters, not bytes: 200 emoji are 800 bytes of UTF-8 and still fit."""
+    created = await create(client, full_name=unit * 200)
+    assert created["full_name"] == unit * 200
+    too_long = await client.post(
+        "/users", json={"email": "b@example.com", "full_name": unit * 201}, headers=CLIENT
+    )
+    assert too_long.status_code == 422
+    assert too_long.json()["detail"][0]["type"] == "string_too_long"
+    renamed = await client.patch(
+        f"/users/{created['id']}", json={"full_name": unit * 201}, headers=CLIENT
+    )
+    assert renamed.status_code == 422
+
+
+async def test_a_name_is_trimmed_before_its_length_is_checked(client: AsyncClient) -> None:
+    created = await create(client, full_name="  " + "x" * 200 + "\n")
+    assert created["full_name"] == "x" * 200
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "\u05e9\u05dc\u05d5\u05dd\u200f Ada",  # Hebrew with a right-to-left mark
+        "\U0001f468\u200d\U0001f469\u200d\U0001f467",  # one family emoji: zero-width joiners
+        "\u0915\u094d\u200d\u0937",  # Devanagari with a zero-width joiner
+        "Zoe\u0308",  # a combining diaeresis, not composed for names
+        "\u202eevil",  # a bidi override: not a control character, kept as given
+        "O'Brien -- \"; SELECT pg_sleep(10); --",
+        "%s %(name)s {0} ${x} {{7*7}}",
+    ],
+)
+async def test_unicode_and_format_looking_names_round_trip_verbatim(
+    client: AsyncClient, name: str
+) -> None:
+    created = await create(client, full_name=name)
+    assert created["full_name"] == name
+    fetched = await client.get(f"/users/{created['id']}", headers=CLIENT)
+    assert fetched.json()["full_name"] == name
+
+
+@pytest.mark.parametrize("path", ["/users", "/tasks"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "limit=99999999999999999999999999",
+        "limit=-99999999999999999999999999",
+        "limit=1e3",
+        "limit=2.5",
+        "limit=",
+        "limit=NaN",
+        "cursor=" + "A" * 513,
+    ],
+)
+async def test_huge_or_malformed_limits_are_422(client: AsyncClient, path: str, query: str) -> None:
+    response = await client.get(f"{path}?{query}", headers=ADMIN)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][0] == "query"
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "x" * 129,  # longer than the 128 allowed
+        "",
+        "has space",
+        "new\r\nline",
+        "semi;colon",
+        "<script>",
+        "caf\u00e9",
+    ],
+)
+async def test_an_unusable_request_id_is_replaced_not_echoed(
+    client: AsyncClient, db: AsyncSession, given: str
+) -> None:
+    """The id is echoed into logs and task headers: an unusable one is never passed on."""
+    response = await client.post(
+        "/users",
+        json={"email": "ada@example.com", "full_name": "Ada"},
+        headers=[(k.encode(), v.encode()) for k, v in CLIENT.items()]
+        + [(b"X-Request-ID", given.encode())],  # bytes: httpx would refuse some as str
+    )
+    assert response.status_code == 201
+    replaced = response.headers["X-Request-ID"]
+    assert replaced != given
+    assert len(replaced) == 32
+    assert int(replaced, 16) >= 0
+    run = await db.get(TaskRun, uuid.UUID(response.json()["welcome_run_id"]))
+    assert run is not None
+    assert run.request_id == replaced
+
+
+async def test_a_request_id_of_128_safe_characters_is_kept(client: AsyncClient) -> None:
+    given = ("Req-1.2_3:" * 13)[:128]
+    response = await client.get("/healthz", headers={"X-Request-ID": given})
+    assert response.headers["X-Request-ID"] == given

@@ -8,17 +8,21 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from shared.errors import Conflict, DomainError, InvalidInput, NotFound
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 
 STATUS_FOR: dict[type[DomainError], int] = {NotFound: 404, Conflict: 409, InvalidInput: 422}
 DATABASE_DOWN = "the database is unavailable; try again shortly"
+# What FastAPI answers, with a 400, when a JSON body cannot be decoded at all.
+FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
 
 
 class ErrorOut(BaseModel):
@@ -59,6 +63,30 @@ async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     return AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
 
 
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    """A body FastAPI cannot decode (not UTF-8, nested past the recursion limit, an integer of
+    more digits than Python parses) is a 422 json_invalid, like any other malformed JSON: one
+    status for "your body is not JSON", and the one every route declares."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 400 and exc.detail == FASTAPI_BODY_PARSE_ERROR:
+        problem = str(exc.__cause__ or "undecodable body")
+        return AsciiJSONResponse(
+            {
+                "detail": [
+                    {
+                        "type": "json_invalid",
+                        "loc": ["body"],
+                        "msg": "JSON decode error",
+                        "input": {},
+                        "ctx": {"error": problem[:200]},
+                    }
+                ]
+            },
+            status_code=422,
+        )
+    return await http_exception_handler(request, exc)
+
+
 async def on_domain_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
     status = next((STATUS_FOR[c] for c in type(exc).__mro__ if c in STATUS_FOR), 400)
@@ -76,6 +104,7 @@ async def on_database_unavailable(request: Request, exc: Exception) -> JSONRespo
 
 def add_exception_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(DomainError, on_domain_error)
     for outage in (DBAPIError, PoolTimeoutError, OSError, TimeoutError):
         app.add_exception_handler(outage, on_database_unavailable)

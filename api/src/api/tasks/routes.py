@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, status
+from pydantic import StringConstraints
 from redis.exceptions import RedisError
 from shared.beat import read_schedule
 from shared.models import TaskState
@@ -23,14 +24,18 @@ from api.tasks.schemas import (
     TaskRunOut,
     TaskRunPage,
 )
+from api.text import Printable
 
 router = APIRouter(tags=["tasks"])
 
+# Both reach PostgreSQL, which refuses a NUL in text: control characters are a 422, not a 500.
+# The length is checked before the characters, so a long value reads "string_too_long".
+PrintableStr = Annotated[str, StringConstraints(max_length=200), Printable]
+
 IdempotencyKey = Annotated[
-    str | None,
+    PrintableStr | None,
     Header(
         alias="Idempotency-Key",
-        max_length=200,
         description="Repeat a request with the same key to get the same run, not a new one",
     ),
 ]
@@ -92,7 +97,7 @@ async def read_task(run_id: str, db: DbSession, _: AnyToken) -> TaskRunOut:
 async def list_tasks(
     db: DbSession,
     _: AdminToken,
-    name: Annotated[str | None, Query(max_length=200)] = None,
+    name: Annotated[PrintableStr | None, Query()] = None,
     state: Annotated[TaskState | None, Query()] = None,
     limit: Limit = 50,
     cursor: Cursor = None,
@@ -115,8 +120,11 @@ def _run_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         moment = datetime.fromisoformat(str(created_at))
         if moment.tzinfo is None:
             raise ValueError
+        # In UTC, as asyncpg sends it: an offset can push a date past year 1 or 9999, which
+        # Python cannot represent (OverflowError), and asyncpg's would be a 500.
+        moment = moment.astimezone(UTC)
         return moment, uuid.UUID(str(run_id))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise InvalidCursor from None
 
 

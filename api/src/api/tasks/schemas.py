@@ -4,12 +4,12 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 from shared.models import TaskState
 
 from api.text import Printable, Trimmed
 
-TaskName = Annotated[str, Trimmed, Field(min_length=1, max_length=200), Printable]
+TaskName = Annotated[str, StringConstraints(min_length=1, max_length=200), Trimmed, Printable]
 
 
 class TaskEnqueueIn(BaseModel):

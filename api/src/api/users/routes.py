@@ -55,6 +55,8 @@ def _user_cursor(cursor: str) -> int:
     key = decode_cursor(cursor)
     if len(key) != 1 or not isinstance(key[0], int) or isinstance(key[0], bool):
         raise InvalidCursor
+    if not 0 <= key[0] <= BIGINT_MAX:  # beyond a bigint, asyncpg refuses the parameter: a 500
+        raise InvalidCursor
     return key[0]
 
 

@@ -4,13 +4,17 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 from shared.models.users import FULL_NAME_MAX_LENGTH
 from shared.users.service import UserChange
 
 from api.text import Printable, Trimmed
 
-FullName = Annotated[str, Trimmed, Field(min_length=1, max_length=FULL_NAME_MAX_LENGTH), Printable]
+# The limits sit on the string itself, inside the validators (Trimmed still runs first): after
+# a validator they become a generic check whose error reads "too_long ... at most 200 items".
+FullName = Annotated[
+    str, StringConstraints(min_length=1, max_length=FULL_NAME_MAX_LENGTH), Trimmed, Printable
+]
 # Trimmed, then checked and normalized by email-validator (no DNS lookups). Uniqueness ignores
 # case: the database has a unique index on lower(email).
 Email = Annotated[EmailStr, Trimmed]
