@@ -10,10 +10,11 @@ import asyncio
 import os
 
 from alembic import command
-from shared.db import make_engine
-from shared.schema import alembic_config
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
+
+from shared.db import make_engine
+from shared.schema import alembic_config
 
 PREFIX = "backend_bench"
 

@@ -29,11 +29,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.db import make_engine
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from bench.databases import copy_database, create_migrated_database, drop_database, url_of
+from shared.db import make_engine
 
 COPY = "backend_bench_copy"
 REPO = Path(__file__).resolve().parents[1]

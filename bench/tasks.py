@@ -24,11 +24,12 @@ from celery import Task
 from kombu import Queue as KombuQueue
 from pydantic import Field
 from redis import Redis
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from shared.contracts import Queue, TaskArgs, TaskContract
 from shared.models import User
 from shared.settings import settings
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 from worker.celery_app import app
 from worker.recording import Done, RunContext, execute, run_recorded
 

@@ -37,13 +37,13 @@ from pathlib import Path
 
 import psutil
 from redis.asyncio import Redis
-from shared.broker import Broker, TaskMessage
-from shared.db import make_engine
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from bench.databases import REDIS_URL, create_migrated_database
 from bench.tasks import COUNTER_KEY, NOOP, QUEUE, TOUCH_USER, TOUCH_USER_ASYNCIO_RUN
+from shared.broker import Broker, TaskMessage
+from shared.db import make_engine
 
 DATABASE = "backend_bench_worker"
 CONCURRENCY = 2

@@ -21,8 +21,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
-from shared.settings import settings
 from sqlalchemy.engine import URL
+
+from shared.settings import settings
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 APT_ENV = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}

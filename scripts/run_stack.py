@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -60,9 +61,9 @@ def pump(name: str, stream: IO[bytes]) -> None:
         sys.stdout.flush()
 
 
-def start(name: str, argv: list[str]) -> Child:
+def start(name: str, argv: list[str], env: dict[str, str]) -> Child:
     process = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, env=env
     )
     assert process.stdout is not None
     threading.Thread(target=pump, args=(name, process.stdout), daemon=True).start()
@@ -94,10 +95,18 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    children = [start(name, argv) for name, argv in commands().items()]
+    # The worker's pool children write their metrics here for its main process to serve.
+    metrics_dir = tempfile.mkdtemp(prefix="worker-metrics-")
+    worker_env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    children = [
+        start(name, argv, worker_env if name == "worker" else dict(os.environ))
+        for name, argv in commands().items()
+    ]
     base = f"http://127.0.0.1:{settings.api_port}"
     print(
         f"[run] API {base}  docs {base}/docs  health {base}/healthz\n"
+        f"[run] metrics: worker :{settings.worker_metrics_port}"
+        f"  beat :{settings.beat_metrics_port}\n"
         f"[run] admin token: {settings.admin_token.get_secret_value()}"
         f"  client token: {settings.api_tokens[0].get_secret_value()}"
         if settings.environment == "development"

@@ -1,7 +1,7 @@
 import pytest
-from api.main import create_app
 from httpx import AsyncClient
 
+from api.main import create_app
 from tests.fixtures.api import ADMIN, CLIENT
 
 # Route templates as the OpenAPI schema names them. Every operation must be in exactly one

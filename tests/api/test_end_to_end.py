@@ -4,10 +4,10 @@ import asyncio
 import time
 
 import httpx
-from shared.models import TaskRun, TaskState
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared.models import TaskRun, TaskState
 from tests.fixtures.api import CLIENT
 from tests.fixtures.processes import Processes
 from tests.fixtures.smtp import Mailbox

@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from httpx import AsyncClient
 from redis.asyncio import Redis
-from shared.beat import SCHEDULE_KEY
-from shared.models import TaskRun, TaskState
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.beat import SCHEDULE_KEY
+from shared.models import TaskRun, TaskState
 from tests.fixtures.api import ADMIN, CLIENT
 
 PRUNE = {"name": "maintenance.prune_logs", "kwargs": {"days": 7}}

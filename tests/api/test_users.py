@@ -5,15 +5,15 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from api.deps import get_db
-from api.main import create_app
 from httpx import ASGITransport, AsyncClient
-from shared.contracts import SEND_WELCOME_EMAIL
-from shared.db import make_sessionmaker
-from shared.models import TaskRun, TaskState, User
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from api.deps import get_db
+from api.main import create_app
+from shared.contracts import SEND_WELCOME_EMAIL
+from shared.db import make_sessionmaker
+from shared.models import TaskRun, TaskState, User
 from tests.fixtures.api import ADMIN, CLIENT
 
 

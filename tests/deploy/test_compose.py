@@ -118,9 +118,12 @@ def test_every_service_has_a_healthcheck_or_runs_once(raw: dict[str, Any]) -> No
 
 def test_app_services_share_one_environment_block(raw: dict[str, Any]) -> None:
     services = raw["services"]
-    environments = [services[name]["environment"] for name in ("migrate", "api", "worker", "beat")]
+    environments = [services[name]["environment"] for name in ("migrate", "api", "beat")]
     assert all(env is environments[0] for env in environments), "one YAML anchor, not copies"
     env = environments[0]
+    # The worker merges the same block and adds only its metrics directory.
+    worker_env = services["worker"]["environment"]
+    assert {k: v for k, v in worker_env.items() if k != "PROMETHEUS_MULTIPROC_DIR"} == env
     assert env["ENVIRONMENT"] == "development"
     assert env["SMTP_HOST"] == "mailpit"
     assert env["SMTP_PORT"] == "1025"

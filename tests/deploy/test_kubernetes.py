@@ -257,7 +257,10 @@ def test_worker_deployment(manifests: list[Manifest]) -> None:
     assert item["livenessProbe"]["exec"]["command"] == probe
     assert item["readinessProbe"]["exec"]["command"] == [*probe, "--ready"]
     assert item["startupProbe"]["exec"]["command"] == probe
-    assert "ports" not in item, "the worker serves nothing"
+    # The worker serves only its metrics (prefork children write them to a shared directory).
+    assert [(p["name"], p["containerPort"]) for p in item["ports"]] == [("metrics", 9808)]
+    metrics_dir = {"name": "PROMETHEUS_MULTIPROC_DIR", "value": "/tmp/prometheus"}  # noqa: S108
+    assert metrics_dir in item["env"]
 
     pdb = find(manifests, "PodDisruptionBudget", "backend-worker")
     assert labels_match(

@@ -4,12 +4,12 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from shared.db import make_engine
-from shared.models import Base
-from shared.schema import SchemaNotCurrentError, alembic_config, ensure_schema_current
 from sqlalchemy import Connection
 from sqlalchemy.engine import URL
 
+from shared.db import make_engine
+from shared.models import Base
+from shared.schema import SchemaNotCurrentError, alembic_config, ensure_schema_current
 from tests.environment import TEST_DATABASE_URL
 from tests.fixtures.database import create_migrated_database
 

@@ -1,7 +1,8 @@
 import pytest
-from shared.models import User
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.models import User
 
 
 async def test_email_is_unique_whatever_its_case(db: AsyncSession) -> None:

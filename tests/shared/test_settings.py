@@ -1,5 +1,6 @@
 import pytest
 from pydantic import ValidationError
+
 from shared.settings import DEV_ADMIN_TOKEN, Settings
 
 STRONG = {

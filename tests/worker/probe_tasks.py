@@ -8,11 +8,12 @@ from typing import Any
 
 from celery import Task
 from redis import Redis
+from sqlalchemy import text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from shared.contracts import Queue, TaskArgs, TaskContract
 from shared.models import User
 from shared.settings import settings
-from sqlalchemy import text, update
-from sqlalchemy.ext.asyncio import AsyncSession
 from worker.celery_app import app, get_task_session, run_async
 from worker.recording import run_recorded
 

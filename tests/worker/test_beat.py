@@ -13,14 +13,13 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import re
 import signal
 import time
 from datetime import datetime
 
 from redis import Redis
-from shared.contracts import PRUNE_LOGS, Queue
 
+from shared.contracts import PRUNE_LOGS, Queue
 from tests.environment import E2E_REDIS_URL
 from tests.fixtures.processes import Proc, Processes, run_probe
 from tests.fixtures.waiting import wait_until
@@ -33,17 +32,14 @@ LATE = 0.5
 FAST = {"SCHEDULE_PRUNE_LOGS": str(INTERVAL), "OUTBOX_RELAY_INTERVAL": "3600"}
 TAKEOVER_BOUND = 30.0
 
-LOG_LINE = re.compile(r"^\[(?P<at>[\d-]+ [\d:]+,\d{3}): \w+/MainProcess\] (?P<msg>.*)$")
-
 
 def logged_at(proc: Proc, message: str) -> list[float]:
-    """When `proc` logged lines starting with `message`, as Unix times (the log is local time)."""
-    times = []
-    for line in proc.output().splitlines():
-        match = LOG_LINE.match(line)
-        if match and match["msg"].startswith(message):
-            times.append(datetime.strptime(match["at"], "%Y-%m-%d %H:%M:%S,%f").timestamp())
-    return times
+    """When `proc` logged lines starting with `message`, as Unix times."""
+    return [
+        datetime.fromisoformat(str(line["time"])).timestamp()
+        for line in proc.log_lines()
+        if str(line["message"]).startswith(message)
+    ]
 
 
 def sends(*beats: Proc) -> list[float]:

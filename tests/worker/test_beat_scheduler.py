@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 import pytest
 from redis import Redis
-from worker.beat import HeartbeatScheduler
-from worker.celery_app import app
 
 from tests.environment import TEST_REDIS_URL
+from worker.beat import HeartbeatScheduler
+from worker.celery_app import app
 
 
 @pytest.fixture

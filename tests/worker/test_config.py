@@ -1,6 +1,7 @@
 """The delivery settings, decided explicitly (see worker/celery_app.py for why each)."""
 
 from celery.schedules import crontab, schedule
+
 from shared.contracts import CONTRACTS, Queue
 from shared.settings import settings
 from worker.celery_app import app, schedule_from_setting

@@ -3,10 +3,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
-from shared.contracts import PruneLogsArgs
-from shared.models import TaskRun, TaskState
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.contracts import PruneLogsArgs
+from shared.models import TaskRun, TaskState
 from worker.maintenance import tasks
 from worker.maintenance.tasks import prune_logs_core
 

@@ -6,11 +6,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from shared.broker import Broker, PublishError
 from shared.contracts import NoArgs
 from shared.models import TaskRun, TaskState
 from shared.settings import settings
-from sqlalchemy.ext.asyncio import AsyncSession
 from worker.outbox.tasks import relay_outbox_core
 
 

@@ -10,15 +10,15 @@ import time
 from pathlib import Path
 
 from redis.asyncio import Redis
-from shared.models import TaskRun, TaskState, User
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
-from worker.probe import BEAT_HEARTBEAT, WORKER_HEARTBEAT, WORKER_READY, check
 
+from shared.models import TaskRun, TaskState, User
 from tests.fixtures.processes import Processes, run_probe
 from tests.fixtures.waiting import wait_until
 from tests.worker.probe_tasks import SLOW_UPDATE
 from tests.worker.test_runtime import PROBE_APP, publish, reports
+from worker.probe import BEAT_HEARTBEAT, WORKER_HEARTBEAT, WORKER_READY, check
 
 HEAVY = ("celery", "sqlalchemy", "pydantic", "redis", "shared.settings", "worker.celery_app")
 

@@ -7,12 +7,12 @@ import uuid
 from collections import defaultdict
 
 from redis.asyncio import Redis
-from shared.broker import Broker, TaskMessage
-from shared.contracts import SEND_WELCOME_EMAIL
-from shared.models import TaskRun, TaskState, User
 from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared.broker import Broker, TaskMessage
+from shared.contracts import SEND_WELCOME_EMAIL
+from shared.models import TaskRun, TaskState, User
 from tests.fixtures.processes import Processes
 from tests.fixtures.smtp import Mailbox
 from tests.fixtures.waiting import eventually

@@ -3,14 +3,14 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from shared.contracts import NoArgs, SendWelcomeEmailArgs
 from shared.models import User
 from shared.settings import settings
-from sqlalchemy import select, text
-from sqlalchemy.ext.asyncio import AsyncSession
-from worker.users.tasks import deactivate_inactive_users_core, send_welcome_email_core
-
 from tests.fixtures.smtp import Mailbox
+from worker.users.tasks import deactivate_inactive_users_core, send_welcome_email_core
 
 
 @pytest.fixture

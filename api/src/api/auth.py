@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
 from shared.settings import settings
 
 bearer = HTTPBearer(auto_error=False, description="A client token, or the admin token")

@@ -8,10 +8,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from redis.asyncio import Redis
-from shared.broker import Broker
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from api.publisher import Publisher
+from shared.broker import Broker
 
 
 @dataclass

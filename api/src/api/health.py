@@ -7,11 +7,11 @@ import asyncio
 from fastapi import APIRouter, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from pydantic import BaseModel
-from shared.models import TaskRun
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.deps import AppResources
+from shared.models import TaskRun
 
 router = APIRouter(tags=["health"])
 

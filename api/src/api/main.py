@@ -6,11 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from shared.broker import Broker, connect_redis
-from shared.db import make_engine, make_sessionmaker
-from shared.logs import configure_logging
-from shared.schema import ensure_schema_current
-from shared.settings import settings
 
 from api import health
 from api.deps import Resources
@@ -19,6 +14,11 @@ from api.middleware import BodyLimitMiddleware, MetricsMiddleware, RequestIdMidd
 from api.publisher import Publisher
 from api.tasks.routes import router as tasks_router
 from api.users.routes import router as users_router
+from shared.broker import Broker, connect_redis
+from shared.db import make_engine, make_sessionmaker
+from shared.logs import configure_logging
+from shared.schema import ensure_schema_current
+from shared.settings import settings
 
 SHUTDOWN_PUBLISH_SECONDS = 2.0
 

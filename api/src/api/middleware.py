@@ -8,8 +8,9 @@ import time
 import uuid
 
 from prometheus_client import Counter, Histogram
-from shared.logs import context_value, log_context
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared.logs import context_value, log_context
 
 MAX_BODY_BYTES = 64 * 1024
 REQUEST_ID_HEADER = b"x-request-id"

@@ -8,6 +8,7 @@ import json
 from typing import Annotated
 
 from fastapi import Query
+
 from shared.errors import InvalidInput
 
 Limit = Annotated[int, Query(ge=1, le=200, description="Page size")]

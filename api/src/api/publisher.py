@@ -13,10 +13,11 @@ import contextlib
 import logging
 from collections.abc import Sequence
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from shared.broker import Broker, PublishError
 from shared.models import TaskRun
 from shared.runs.outbox import publish_committed
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 log = logging.getLogger(__name__)
 

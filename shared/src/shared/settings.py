@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     # Liveness files for the probes (worker.probe reads HEARTBEAT_DIR itself, from the
     # environment only). Beat touches its file every tick (at most BEAT_MAX_LOOP_INTERVAL apart);
     # the worker's main process touches its file every HEARTBEAT_INTERVAL seconds.
+    worker_metrics_port: int = Field(default=9808, ge=1, le=65535)
+    beat_metrics_port: int = Field(default=9809, ge=1, le=65535)
+
     heartbeat_dir: str = "/tmp"  # noqa: S108 - an emptyDir in the pods, plain /tmp on a laptop
     heartbeat_interval: float = Field(default=5.0, gt=0)
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from celery.signals import beat_init
 from celery.utils.log import get_logger
+from prometheus_client import Counter, Gauge
 from redbeat.schedulers import (
     LUA_EXTEND_TO_SCRIPT,
     RedBeatScheduler,
@@ -52,6 +53,13 @@ def _signals_deferred(*signums: signal.Signals) -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+# Here, not in worker.metrics: only the beat process imports this module.
+BEAT_TICKS = Counter("beat_ticks_sent_total", "Periodic tasks sent by beat", ["entry"])
+BEAT_HOLDS_LOCK = Gauge(
+    "beat_holds_lock", "1 while this beat holds the lock and sends", multiprocess_mode="livemax"
+)
+
+
 class HeartbeatScheduler(RedBeatScheduler):  # type: ignore[misc]  # redbeat is untyped
     lock: Any = None  # the redis lock while this beat holds it; None on standby
     _said_standby = False
@@ -71,7 +79,9 @@ class HeartbeatScheduler(RedBeatScheduler):  # type: ignore[misc]  # redbeat is 
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         touch(heartbeat_path(BEAT_HEARTBEAT))
-        if self.lock is None and not self._try_acquire_lock():
+        holds = self.lock is not None or self._try_acquire_lock()
+        BEAT_HOLDS_LOCK.set(1 if holds else 0)
+        if not holds:
             return float(self.max_interval)
         try:
             with _signals_deferred(signal.SIGTERM, signal.SIGINT):
@@ -81,6 +91,11 @@ class HeartbeatScheduler(RedBeatScheduler):  # type: ignore[misc]  # redbeat is 
             logger.warning("beat: Lost the lock")
             self.lock = None
             return float(self.max_interval)
+
+    def apply_async(self, entry: Any, *args: Any, **kwargs: Any) -> Any:
+        sent = super().apply_async(entry, *args, **kwargs)
+        BEAT_TICKS.labels(entry.name).inc()
+        return sent
 
     def _try_acquire_lock(self) -> bool:
         client = get_redis(self.app)

@@ -29,9 +29,12 @@ from typing import Any, TypeVar
 
 from celery import Celery
 from celery.schedules import crontab, schedule
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
 from kombu import Queue as KombuQueue
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+import worker
 from shared.beat import REDBEAT_KEY_PREFIX
 from shared.broker import Broker, connect_redis
 from shared.contracts import (
@@ -42,11 +45,9 @@ from shared.contracts import (
     Queue,
 )
 from shared.db import make_engine, make_sessionmaker
+from shared.logs import configure_logging
 from shared.settings import settings
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-
-import worker
-from worker import heartbeat
+from worker import heartbeat, metrics
 
 T = TypeVar("T")
 
@@ -139,6 +140,14 @@ app.conf.beat_schedule = {
 }
 
 heartbeat.install(app)
+metrics.install()
+
+
+@setup_logging.connect
+def _configure_logging(**_: object) -> None:
+    """Connected, so Celery leaves logging to us: the same JSON or text lines as the API."""
+    configure_logging(settings.log_level, settings.effective_log_format)
+
 
 # Every domain package of the worker (worker/<domain>/tasks.py) registers its tasks.
 app.autodiscover_tasks(

@@ -9,8 +9,9 @@ from aiosmtplib import (
     SMTPResponseException,
     SMTPServerDisconnected,
 )
-from shared.broker import PublishError
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+
+from shared.broker import PublishError
 
 ERROR_TEXT_LIMIT = 2000
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from celery import Celery, bootsteps
 from celery.signals import worker_init, worker_ready, worker_shutdown
-from shared.settings import settings
 
+from shared.settings import settings
 from worker.probe import WORKER_HEARTBEAT, WORKER_READY
 
 

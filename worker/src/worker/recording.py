@@ -14,6 +14,8 @@ A failure is recorded in a transaction of its own, after the work's transaction 
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,16 +25,26 @@ from typing import Any, Generic, TypeVar
 from celery import Task
 from celery.utils.time import get_exponential_backoff_interval
 from pydantic import TypeAdapter
-from shared.broker import REQUEST_ID_HEADER
-from shared.contracts import ArgsT, ResultT, TaskContract
-from shared.models import FINISHED_STATES, TaskRun, TaskState
-from shared.settings import settings
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.broker import REQUEST_ID_HEADER
+from shared.contracts import ArgsT, ResultT, TaskContract
+from shared.logs import log_context
+from shared.models import FINISHED_STATES, TaskRun, TaskState
+from shared.settings import settings
 from worker.celery_app import get_task_session, run_async
 from worker.errors import describe, is_transient
+from worker.metrics import (
+    TASK_DURATION,
+    TASKS_FAILED,
+    TASKS_RETRIED,
+    TASKS_STARTED,
+    TASKS_SUCCEEDED,
+)
+
+log = logging.getLogger("worker.tasks")
 
 Core = Callable[[ArgsT, AsyncSession], Awaitable[ResultT]]
 R = TypeVar("R")
@@ -89,9 +101,9 @@ _CLAIM = (
         },
         where=_UNFINISHED,  # a finished run is left alone: the statement returns no row
     )
-    .returning(TaskRun.state, TaskRun.attempts, TaskRun.result)
+    .returning(TaskRun.state, TaskRun.attempts, TaskRun.result, TaskRun.request_id)
 )
-_STORED = select(TaskRun.state, TaskRun.attempts, TaskRun.result).where(
+_STORED = select(TaskRun.state, TaskRun.attempts, TaskRun.result, TaskRun.request_id).where(
     TaskRun.id == bindparam("id")
 )
 _SUCCEED = (
@@ -106,15 +118,23 @@ _SUCCEED = (
 )
 
 
-async def claim(db: AsyncSession, run: RunContext) -> tuple[TaskState, int, object]:
-    """Mark the run STARTED (creating its row if needed) in one autocommit statement; return
-    its state, attempts and stored result. A finished run comes back unchanged."""
+@dataclass(frozen=True)
+class Claimed:
+    state: TaskState
+    attempts: int
+    result: object
+    request_id: str | None  # the row's: Celery's retries do not carry custom headers
+
+
+async def claim(db: AsyncSession, run: RunContext) -> Claimed:
+    """Mark the run STARTED (creating its row if needed) in one autocommit statement. A
+    finished run comes back unchanged, with its stored result."""
     connection = await db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
     params = {"id": run.id, "name": run.name, "kwargs": run.kwargs, "request_id": run.request_id}
     row = (await connection.execute(_CLAIM, params)).one_or_none()
     if row is None:
         row = (await connection.execute(_STORED, {"id": run.id})).one()
-    return TaskState(row.state), row.attempts, row.result
+    return Claimed(TaskState(row.state), row.attempts, row.result, row.request_id)
 
 
 async def record_success(db: AsyncSession, run_id: uuid.UUID, result: object) -> None:
@@ -141,13 +161,30 @@ def _results(contract: TaskContract[ArgsT, ResultT]) -> TypeAdapter[ResultT]:
 async def execute(
     run: RunContext, contract: TaskContract[ArgsT, ResultT], core: Core[ArgsT, ResultT]
 ) -> Done[ResultT] | RetryLater | Failed:
-    results = _results(contract)
     async with get_task_session() as db:
-        state, attempts, stored = await claim(db, run)
-    if state in FINISHED_STATES:
-        return Done(results.validate_python(stored))
-    if attempts > settings.task_max_attempts:
-        error = RuntimeError(f"delivered {attempts} times without finishing: not run again")
+        claimed = await claim(db, run)
+    with log_context(
+        task_id=str(run.id), task_name=run.name, request_id=claimed.request_id or run.request_id
+    ):
+        if claimed.state in FINISHED_STATES:
+            log.info("task skipped: run already %s (a duplicate delivery)", claimed.state)
+            return Done(_results(contract).validate_python(claimed.result))
+        log.info("task started", extra={"attempt": claimed.attempts})
+        TASKS_STARTED.labels(run.name).inc()
+        started = time.perf_counter()
+        outcome = await _run_claimed(run, claimed, contract, core)
+        _report(run.name, outcome, time.perf_counter() - started)
+        return outcome
+
+
+async def _run_claimed(
+    run: RunContext,
+    claimed: Claimed,
+    contract: TaskContract[ArgsT, ResultT],
+    core: Core[ArgsT, ResultT],
+) -> Done[ResultT] | RetryLater | Failed:
+    if claimed.attempts > settings.task_max_attempts:
+        error = RuntimeError(f"delivered {claimed.attempts} times without finishing: not run again")
         async with get_task_session() as db:
             await record(db, run.id, TaskState.FAILED, error=describe(error))
         return Failed(error)
@@ -155,7 +192,8 @@ async def execute(
         async with get_task_session() as db:
             args = contract.args.model_validate(run.kwargs)
             value = await core(args, db)
-            await record_success(db, run.id, results.dump_python(value, mode="json"))
+            result = _results(contract).dump_python(value, mode="json")
+            await record_success(db, run.id, result)
         return Done(value)
     except Exception as exc:
         outcome: RetryLater | Failed
@@ -179,6 +217,29 @@ async def execute(
         except Exception as record_error:  # the database may be what failed; the relay repairs
             exc.add_note(f"could not record {state}: {describe(record_error)}")
         return outcome
+
+
+def _report(task: str, outcome: Done[R] | RetryLater | Failed, seconds: float) -> None:
+    """One log line and the metrics per finished attempt. Errors are named, not dumped: an
+    exception's text may quote task arguments."""
+    TASK_DURATION.labels(task).observe(seconds)
+    fields: dict[str, object] = {"duration_ms": round(seconds * 1000, 2)}
+    if isinstance(outcome, Done):
+        TASKS_SUCCEEDED.labels(task).inc()
+        log.info("task finished", extra={**fields, "outcome": "succeeded"})
+    elif isinstance(outcome, RetryLater):
+        TASKS_RETRIED.labels(task).inc()
+        log.warning(
+            "task finished",
+            extra={**fields, "outcome": "retrying", "error": type(outcome.error).__name__,
+                   "retry_in_s": outcome.countdown},
+        )  # fmt: skip
+    else:
+        TASKS_FAILED.labels(task).inc()
+        log.error(
+            "task finished",
+            extra={**fields, "outcome": "failed", "error": type(outcome.error).__name__},
+        )
 
 
 def run_recorded(

@@ -7,10 +7,6 @@ from typing import Annotated
 from fastapi import APIRouter, Header, HTTPException, Query, status
 from pydantic import StringConstraints
 from redis.exceptions import RedisError
-from shared.beat import read_schedule
-from shared.models import TaskState
-from shared.runs import service
-from shared.runs.errors import RunNotFound
 
 from api.auth import AdminToken, AnyToken
 from api.deps import AppResources, DbSession
@@ -25,6 +21,10 @@ from api.tasks.schemas import (
     TaskRunPage,
 )
 from api.text import Printable
+from shared.beat import read_schedule
+from shared.models import TaskState
+from shared.runs import service
+from shared.runs.errors import RunNotFound
 
 router = APIRouter(tags=["tasks"])
 

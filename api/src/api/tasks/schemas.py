@@ -5,9 +5,9 @@ from datetime import datetime
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
-from shared.models import TaskState
 
 from api.text import Printable, Trimmed
+from shared.models import TaskState
 
 TaskName = Annotated[str, StringConstraints(min_length=1, max_length=200), Trimmed, Printable]
 

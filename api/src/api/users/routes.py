@@ -3,8 +3,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
-from shared.contracts import BIGINT_MAX
-from shared.users import service
 
 from api.auth import AnyToken
 from api.deps import AppResources, DbSession
@@ -12,6 +10,8 @@ from api.errors import error_responses
 from api.middleware import current_request_id
 from api.pagination import Cursor, InvalidCursor, Limit, decode_cursor, encode_cursor
 from api.users.schemas import UserCreatedOut, UserCreateIn, UserOut, UserPage, UserUpdateIn
+from shared.contracts import BIGINT_MAX
+from shared.users import service
 
 router = APIRouter(prefix="/users", tags=["users"])
 

@@ -5,10 +5,10 @@ from datetime import datetime
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
-from shared.models.users import FULL_NAME_MAX_LENGTH
-from shared.users.service import UserChange
 
 from api.text import Printable, Trimmed
+from shared.models.users import FULL_NAME_MAX_LENGTH
+from shared.users.service import UserChange
 
 # The limits sit on the string itself, inside the validators (Trimmed still runs first): after
 # a validator they become a generic check whose error reads "too_long ... at most 200 items".

@@ -4,12 +4,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Task
-from shared.contracts import PRUNE_LOGS, PruneLogsArgs
-from shared.models import FINISHED_STATES, TaskRun
-from shared.settings import settings
 from sqlalchemy import bindparam, delete, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.contracts import PRUNE_LOGS, PruneLogsArgs
+from shared.models import FINISHED_STATES, TaskRun
+from shared.settings import settings
 from worker.celery_app import app, db_or_task_session
 from worker.recording import run_recorded
 

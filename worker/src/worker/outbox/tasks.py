@@ -5,12 +5,12 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Task
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from shared.broker import Broker
 from shared.contracts import RELAY_OUTBOX, NoArgs
 from shared.runs.outbox import relay_unpublished, repair_lost
 from shared.settings import settings
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from worker.celery_app import app, db_or_task_session, get_task_broker
 from worker.recording import run_recorded
 

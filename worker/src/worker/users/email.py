@@ -4,6 +4,7 @@ from email.message import EmailMessage
 from html import escape
 
 import aiosmtplib
+
 from shared.settings import settings
 
 

@@ -4,6 +4,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery import Task
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from shared.contracts import (
     DEACTIVATE_INACTIVE_USERS,
     SEND_WELCOME_EMAIL,
@@ -12,9 +15,6 @@ from shared.contracts import (
 )
 from shared.models import User
 from shared.settings import settings
-from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from worker.celery_app import app, db_or_task_session
 from worker.recording import run_recorded
 from worker.users import email
