@@ -61,7 +61,7 @@ class Plan:
     round_size: int
     slow_tasks: int  # of (c)
     warmup: int  # of each kind, untimed: imports, pools and caches settle first
-    synchronous_commit: str = "on"
+    synchronous_commit: str = "off"
 
     @property
     def users(self) -> int:
@@ -84,9 +84,11 @@ class BenchWorker:
     """The worker process, started with production's flags (scripts/run_stack.py) but for
     the queue, and its children."""
 
-    def __init__(self, database: URL, log: Path) -> None:
+    def __init__(self, database: URL, log: Path, synchronous_commit: str) -> None:
         self.log = log
         env = {
+            # Production's default is off (see the README); on shows what WAL flushes cost.
+            "WORKER_SYNCHRONOUS_COMMIT": "true" if synchronous_commit == "on" else "false",
             **os.environ,
             "DATABASE_URL": database.render_as_string(hide_password=False),
             "REDIS_URL": REDIS_URL,
@@ -156,15 +158,9 @@ class Producer:
         kind.done += count
 
 
-async def seed_users(database: URL, count: int, synchronous_commit: str) -> None:
+async def seed_users(database: URL, count: int) -> None:
     engine = make_engine("bench", url=database)
     try:
-        async with engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            # A diagnostic only (--synchronous-commit off): how much of (b) is waiting for the
-            # WAL flush of its two commits. Production keeps the default, on.
-            setting = f"SET synchronous_commit = {synchronous_commit}"
-            await conn.execute(text(f"ALTER DATABASE {database.database} {setting}"))
         async with engine.begin() as conn:
             await conn.execute(
                 text(
@@ -244,7 +240,7 @@ def report(
     lines = [
         f"{CONCURRENCY} prefork children; {plan.tasks:,} tasks of (a) and of (b) in rounds of "
         f"{plan.round_size:,}, alternating; {plan.slow_tasks:,} of (c); "
-        f"synchronous_commit = {plan.synchronous_commit}.",
+        f"worker synchronous_commit = {plan.synchronous_commit}.",
         "Every task ends with one Redis INCR; a round is timed from its first publish until "
         f"the counter reaches the round's size (polled every {POLL_SECONDS * 1000:.0f} ms).",
         "",
@@ -278,8 +274,8 @@ def parse_plan(argv: list[str] | None) -> Plan:
     parser.add_argument(
         "--synchronous-commit",
         choices=["on", "off"],
-        default="on",
-        help="diagnostic: off shows what the commits' WAL flushes cost (production: on)",
+        default="off",
+        help="the worker's WORKER_SYNCHRONOUS_COMMIT (production's default: off)",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -291,9 +287,9 @@ def parse_plan(argv: list[str] | None) -> Plan:
 def main(argv: list[str] | None = None) -> None:
     plan = parse_plan(argv)
     database = create_migrated_database(DATABASE)
-    asyncio.run(seed_users(database, plan.users, plan.synchronous_commit))
+    asyncio.run(seed_users(database, plan.users))
     with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
-        worker = BenchWorker(database, Path(tmp) / "worker.log")
+        worker = BenchWorker(database, Path(tmp) / "worker.log", plan.synchronous_commit)
         try:
             lines = asyncio.run(measure(plan, worker, database))
         finally:
