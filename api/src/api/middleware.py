@@ -33,16 +33,26 @@ def current_request_id() -> str | None:
     return value if isinstance(value, str) else None
 
 
-class RequestIdMiddleware:
-    """Takes X-Request-ID from the request or makes one, and returns it on the response."""
+class _HttpMiddleware:
+    """Passes lifespan and websocket traffic through untouched; subclasses handle HTTP."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "http":
+            await self.handle(scope, receive, send)
+        else:
             await self.app(scope, receive, send)
-            return
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class RequestIdMiddleware(_HttpMiddleware):
+    """Takes X-Request-ID from the request or makes one, and returns it on the response."""
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         given = dict(scope["headers"]).get(REQUEST_ID_HEADER, b"")
         request_id = given.decode() if VALID_REQUEST_ID.match(given) else uuid.uuid4().hex
 
@@ -58,16 +68,10 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
 
 
-class BodyLimitMiddleware:
+class BodyLimitMiddleware(_HttpMiddleware):
     """413 for bodies over MAX_BODY_BYTES, declared or streamed."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
             await _too_large(send)
@@ -109,17 +113,11 @@ async def _too_large(send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class MetricsMiddleware:
+class MetricsMiddleware(_HttpMiddleware):
     """One log line and the metrics per request, by route template (not the raw path: ids
     would explode the label set and put identifiers in the logs)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         status = 500
 
