@@ -8,7 +8,7 @@ from collections import defaultdict
 
 from redis.asyncio import Redis
 from sqlalchemy import insert, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from shared.broker import Broker, TaskMessage
 from shared.contracts import SEND_WELCOME_EMAIL
@@ -86,9 +86,9 @@ async def test_the_asyncio_run_form_still_works_for_many_tasks(
 
 
 async def run_states(engine: AsyncEngine, ids: list[uuid.UUID]) -> dict[uuid.UUID, TaskRun]:
-    async with engine.connect() as conn:
-        rows = (await conn.execute(select(TaskRun).where(TaskRun.id.in_(ids)))).all()
-    return {row.id: row for row in rows}  # type: ignore[misc]
+    async with AsyncSession(engine) as session:
+        runs = (await session.scalars(select(TaskRun).where(TaskRun.id.in_(ids)))).all()
+    return {run.id: run for run in runs}
 
 
 async def test_welcome_email_arrives_once_even_when_enqueued_twice(
