@@ -29,7 +29,12 @@ from typing import Any, TypeVar
 
 from celery import Celery
 from celery.schedules import crontab, schedule
-from celery.signals import setup_logging, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    setup_logging,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 from kombu import Queue as KombuQueue
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -46,6 +51,7 @@ from shared.contracts import (
 )
 from shared.db import make_engine, make_sessionmaker
 from shared.logs import configure_logging
+from shared.schema import SchemaNotCurrentError, ensure_schema_current
 from shared.settings import settings
 from worker import heartbeat, metrics
 
@@ -260,6 +266,26 @@ async def db_or_task_session(db: AsyncSession | None) -> AsyncIterator[AsyncSess
 def get_task_broker() -> Broker:
     """The broker client for tasks that publish (the outbox relay), on the child's loop."""
     return Broker(_child_runtime().redis, settings.publish_timeout)
+
+
+@worker_init.connect
+def _refuse_an_unknown_schema(**_: object) -> None:
+    """In the main process, before the pool forks (the check's engine is gone by then): a worker
+    on a schema it was not written for would fail every task. An unreachable database is not a
+    reason to refuse: tasks retry until it answers."""
+
+    async def check() -> None:
+        engine = make_engine("worker", pool_size=None)
+        try:
+            await ensure_schema_current(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(check())
+    except SchemaNotCurrentError as exc:
+        # SystemExit, because Celery logs and swallows a receiver's ordinary exceptions.
+        raise SystemExit(f"the worker refuses to start: {exc}") from None
 
 
 @worker_process_init.connect
