@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.engine import URL
@@ -93,6 +94,11 @@ class Side:
     server: Server | None = None
     results: list[LoadResult] = field(default_factory=list)
     messages: int = 0  # pushed onto Redis's `default` list while this side was loaded
+    cpu_seconds: float = 0.0  # the uvicorn process's CPU time over the timed phases
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return 1000 * self.cpu_seconds / sum(r.requests for r in self.results)
 
     @property
     def rate(self) -> float:
@@ -153,6 +159,12 @@ class Server:
         if self.popen.poll() is not None:
             tail = self.log.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"uvicorn exited ({self.popen.returncode}):\n{tail}")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server process so far: with one process, CPU per request
+        bounds the rate (1 / CPU per request) whatever the database and Redis do."""
+        times = psutil.Process(self.popen.pid).cpu_times()
+        return times.user + times.system
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -396,8 +408,12 @@ def load_phase(side: Side, plan: Plan, loader: Loader, lags: list[str]) -> LoadR
     assert side.url is not None
     before = asyncio.run(queue_length())
     loader(side.server.base_url, side.headers, plan.warmup)
+    cpu_before = side.server.cpu_seconds()
     result = loader(side.server.base_url, side.headers, plan.seconds)
     side.server.check_alive()
+    # Read before settling, so the product's publisher catching up is left out; it is small
+    # (a few dozen runs, see "unpublished when the load stopped").
+    side.cpu_seconds += side.server.cpu_seconds() - cpu_before
     settled = asyncio.run(settle(side))
     if side.label == "product":
         lags.append(settled)
@@ -451,6 +467,7 @@ def report(
         lines.append(
             f"{side.label:<8}{side.rate:8.1f} req/s   p50 {side.p50_ms:7.1f} ms   p99 "
             f"{side.p99_ms:7.1f} ms   non-2xx {side.non_2xx}   socket errors {side.socket_errors}"
+            f"   server CPU {side.cpu_ms_per_request:.2f} ms/request"
         )
     throughput_met = ratio >= 1.0
     latency_met = product.p99_ms <= naive.p99_ms
