@@ -42,3 +42,6 @@ bench-worker: services
 
 bench-maintenance: services
 	uv run python -m bench.maintenance
+
+bench-api: services
+	uv run python -m bench.api
