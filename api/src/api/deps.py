@@ -25,7 +25,9 @@ class Resources:
     publisher: Publisher
 
 
-def get_resources(request: Request) -> Resources:
+async def get_resources(request: Request) -> Resources:
+    # async, though it awaits nothing: FastAPI runs a plain `def` dependency in a thread pool,
+    # a hop that costs more than everything this does.
     resources: Resources = request.app.state.resources
     return resources
 

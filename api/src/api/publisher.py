@@ -21,7 +21,7 @@ from shared.runs.outbox import publish_committed
 
 log = logging.getLogger(__name__)
 
-BATCH_SIZE = 500
+BATCH_SIZE = 100
 
 
 class Publisher:

@@ -29,9 +29,10 @@ def new_run(
     *,
     request_id: str | None = None,
     idempotency_key: str | None = None,
+    id: uuid.UUID | None = None,  # noqa: A002 - the column's name
 ) -> TaskRun:
     return TaskRun(
-        id=uuid.uuid4(),
+        id=id or uuid.uuid4(),
         name=contract.name,
         kwargs=args.model_dump(mode="json"),
         state=TaskState.QUEUED,
