@@ -12,7 +12,7 @@ from shared.broker import Broker, TaskMessage
 from shared.contracts import SEND_WELCOME_EMAIL, SendWelcomeEmailArgs
 from shared.models import TaskRun, TaskState, User
 from shared.runs.outbox import message_for, new_run
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.fixtures.processes import Processes
@@ -43,7 +43,9 @@ async def create_users(engine: AsyncEngine, prefix: str, count: int) -> list[int
     async with engine.begin() as conn:
         ids = await conn.scalars(
             insert(User)
-            .values([{"email": f"{prefix}{i}@example.com", "full_name": f"U {i}"} for i in range(count)])
+            .values(
+                [{"email": f"{prefix}{i}@example.com", "full_name": f"U {i}"} for i in range(count)]
+            )
             .returning(User.id)
         )
         return list(ids)
@@ -65,7 +67,7 @@ async def queue_welcome_runs(
     await Broker(redis, timeout=10).publish([message_for(r) for r in runs])
     async with engine.begin() as conn:
         await conn.execute(
-            TaskRun.__table__.update()
+            update(TaskRun)
             .where(TaskRun.id.in_([r.id for r in runs]))
             .values(published_at=func.now())
         )
