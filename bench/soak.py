@@ -32,11 +32,11 @@ import httpx
 import psutil
 from aiosmtpd.controller import Controller
 from redis.asyncio import Redis
-from shared.db import make_engine
-from shared.models import TaskRun, TaskState, User
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared.db import make_engine
+from shared.models import TaskRun, TaskState, User
 from tests.environment import E2E_DATABASE_URL
 from tests.fixtures.api import CLIENT
 from tests.fixtures.database import create_migrated_database

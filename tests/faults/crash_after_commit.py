@@ -8,10 +8,10 @@ and the client never hears back. Product code stays free of this hook.
 
 import os
 
-from api.publisher import Publisher
 from fastapi import FastAPI
 
 from api import main
+from api.publisher import Publisher
 
 CRASH_EXIT_CODE = 17
 

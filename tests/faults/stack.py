@@ -8,13 +8,13 @@ from collections import Counter
 from email.message import Message
 
 from redis.asyncio import Redis
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from shared.broker import Broker, TaskMessage
 from shared.contracts import SEND_WELCOME_EMAIL, SendWelcomeEmailArgs
 from shared.models import TaskRun, TaskState, User
 from shared.runs.outbox import message_for, new_run
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from tests.fixtures.processes import Processes
 from tests.fixtures.smtp import Mailbox
 

@@ -4,10 +4,10 @@ import sys
 
 import httpx
 import pytest
-from shared.models import TaskRun, TaskState, User
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared.models import TaskRun, TaskState, User
 from tests.faults.crash_after_commit import CRASH_EXIT_CODE
 from tests.faults.stack import FAST_RELAY, own_redis, runs_by_id, smtp_env
 from tests.fixtures.api import CLIENT

@@ -6,10 +6,10 @@ import time
 
 import httpx
 from redis.asyncio import Redis
-from shared.models import TaskRun, TaskState
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared.models import TaskRun, TaskState
 from tests.faults.stack import (
     FAST_RELAY,
     count_runs,

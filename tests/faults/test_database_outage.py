@@ -5,10 +5,10 @@ import asyncio
 import time
 
 import httpx
-from api.errors import DATABASE_DOWN
-from shared.models import TaskState
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api.errors import DATABASE_DOWN
+from shared.models import TaskState
 from tests.environment import E2E_DATABASE_URL
 from tests.faults.stack import (
     create_users,

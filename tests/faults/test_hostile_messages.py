@@ -9,11 +9,11 @@ import pickle
 import uuid
 from pathlib import Path
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from shared.broker import TaskMessage
 from shared.contracts import SEND_WELCOME_EMAIL
 from shared.models import TaskState
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from tests.faults.stack import (
     create_users,
     own_redis,

@@ -5,10 +5,10 @@ import signal
 import time
 
 from redis.asyncio import Redis
-from shared.models import TaskState, User
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared.models import TaskState, User
 from tests.faults.stack import (
     create_users,
     emails_per_address,
