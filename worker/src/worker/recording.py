@@ -169,7 +169,15 @@ async def execute(
         # any transient failure (nothing can be recorded now). Raising would ack it, and the
         # run would wait for the relay's repair (OUTBOX_REPAIR_AFTER) instead.
         if is_transient(exc) and run.retries < run.max_retries:
-            return RetryLater(exc, _backoff(run.retries))
+            retry = RetryLater(exc, _backoff(run.retries))
+            with log_context(task_id=str(run.id), task_name=run.name, request_id=run.request_id):
+                TASKS_RETRIED.labels(run.name).inc()
+                log.warning(
+                    "task not started: the database is unreachable",
+                    extra={"outcome": "retrying", "error": type(exc).__name__,
+                           "retry_in_s": retry.countdown},
+                )  # fmt: skip
+            return retry
         raise
     with log_context(
         task_id=str(run.id), task_name=run.name, request_id=claimed.request_id or run.request_id
