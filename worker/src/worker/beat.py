@@ -110,4 +110,9 @@ class HeartbeatScheduler(RedBeatScheduler):  # type: ignore[misc]  # redbeat is 
         logger.info("beat: Acquired lock")
         self.lock = lock
         self._said_standby = False
+        # The schedule lives in Redis too: a Redis restarted without persistence (the lock
+        # lost with it is how we got here) has no entries left, and this beat would hold the
+        # lock and send nothing, the outbox relay included, until restarted. Write them again,
+        # as at start (entries still there keep their last_run_at).
+        self.setup_schedule()
         return True
