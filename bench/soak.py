@@ -182,7 +182,15 @@ class Soak:
 
     def revive(self) -> None:
         """What a restart policy does: start again a worker or beat that exited by itself."""
-        if self.beat is not None and self.beat.popen.poll() is not None:
+        beat = self.beat
+        if beat is not None and (
+            beat.popen.poll() is not None or "beat raised exception" in beat.output()
+        ):
+            # Exited, or logged its fatal error and is stuck on its way out (its liveness
+            # probe, a stale heartbeat, would have it killed).
+            with contextlib.suppress(ProcessLookupError):
+                beat.signal(signal.SIGKILL)
+            beat.popen.wait()
             self.figures.beat_restarts += 1
             self.beat = self.procs.beat()
         if self.worker is not None and self.worker.popen.poll() is not None:
