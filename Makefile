@@ -45,3 +45,11 @@ bench-maintenance: services
 
 bench-api: services
 	uv run python -m bench.api
+
+# Soak: the whole stack for SOAK_MINUTES at SOAK_RATE sign-ups/s, the worker SIGKILLed every
+# minute and Redis restarted once; prints its figures and fails when a check does. Not in `test`.
+SOAK_MINUTES ?= 3
+SOAK_RATE ?= 10
+.PHONY: bench-soak
+bench-soak: services
+	uv run python -m bench.soak --minutes $(SOAK_MINUTES) --rate $(SOAK_RATE)

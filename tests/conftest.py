@@ -5,6 +5,7 @@ worker's test databases."""
 from tests.fixtures.api import api_app, client
 from tests.fixtures.database import db, e2e_database, e2e_engine, test_database, test_engine
 from tests.fixtures.processes import processes
+from tests.fixtures.proxy import db_proxy
 from tests.fixtures.redis import e2e_redis, redis
 from tests.fixtures.smtp import smtp_server
 
@@ -12,6 +13,7 @@ __all__ = [
     "api_app",
     "client",
     "db",
+    "db_proxy",
     "e2e_database",
     "e2e_engine",
     "e2e_redis",

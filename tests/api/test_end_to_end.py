@@ -1,4 +1,6 @@
-"""The whole path with real processes: uvicorn, a prefork worker, beat, SMTP, Redis."""
+"""The whole path with real processes: uvicorn, a prefork worker, beat, SMTP, Redis.
+
+Runs lost by a Redis restart, and larger broker outages, are in tests/faults/."""
 
 import asyncio
 import time
@@ -93,35 +95,3 @@ async def test_broker_outage_sign_ups_still_succeed_and_every_email_arrives_once
     await eventually(all_done, 30, "every run to succeed")
     addresses = sorted(str(m["To"]) for m in smtp_server.messages)
     assert addresses == sorted(f"outage{i}@example.com" for i in range(40))
-
-
-async def test_runs_lost_by_a_broker_restart_are_published_again(
-    processes: Processes, smtp_server: Mailbox, e2e_engine: AsyncEngine
-) -> None:
-    redis, port = processes.redis_server()
-    processes.env.update(
-        REDIS_URL=f"redis://127.0.0.1:{port}/0", **FAST_RELAY, **smtp_env(smtp_server)
-    )
-    _, base = processes.api()
-    async with httpx.AsyncClient(base_url=base, headers=CLIENT) as http:
-        await sign_up(http, 20, "lost")
-
-    async def all_published() -> bool:
-        async with e2e_engine.connect() as conn:
-            count = await conn.scalar(
-                select(func.count()).select_from(TaskRun).where(TaskRun.published_at.is_(None))
-            )
-        return count == 0
-
-    await eventually(all_published, 10, "the API to publish every run")
-    redis.stop()  # no persistence: the 20 queued messages are gone
-    processes.restart_redis(port)
-    processes.worker()
-    processes.beat()
-    smtp_server.wait_for(20, timeout=60)
-
-    async def all_done() -> bool:
-        return await unfinished(e2e_engine) == 0
-
-    await eventually(all_done, 30, "every run to succeed")
-    assert len({str(m["To"]) for m in smtp_server.messages}) == len(smtp_server.messages) == 20

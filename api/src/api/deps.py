@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from redis.asyncio import Redis
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from api.publisher import Publisher
@@ -37,8 +38,17 @@ async def get_db(
 ) -> AsyncIterator[AsyncSession]:
     """A session per request. Services commit explicitly: a commit here, after the response,
     could fail after the client was told it succeeded."""
-    async with resources.sessions() as session:
+    session = resources.sessions()
+    try:
         yield session
+    finally:
+        try:
+            await session.close()
+        except (SQLAlchemyError, OSError):
+            # The database went away during the request, whose answer (a 503 when that was
+            # the cause) has already gone out: failing here would drop the client's connection
+            # instead. The connection is dead; discard it rather than return it to the pool.
+            await session.invalidate()
 
 
 DbSession = Annotated[AsyncSession, Depends(get_db)]

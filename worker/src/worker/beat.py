@@ -110,4 +110,10 @@ class HeartbeatScheduler(RedBeatScheduler):  # type: ignore[misc]  # redbeat is 
         logger.info("beat: Acquired lock")
         self.lock = lock
         self._said_standby = False
+        # The schedule lives in Redis too: a Redis restarted without persistence has no entries
+        # left, and this beat would hold the lock and send nothing, the outbox relay included,
+        # until restarted. Write them again, as a start does.
+        if not client.exists(self.app.redbeat_conf.schedule_key):
+            logger.warning("beat: the schedule is gone from Redis; writing it again")
+            self.setup_schedule()
         return True

@@ -79,6 +79,11 @@ app.conf.update(
     # longest task (the hard time limit), or a running task is delivered a second time.
     broker_transport_options={
         "visibility_timeout": settings.broker_visibility_timeout,
+        # kombu sweeps for messages past their visibility timeout every interval x throttle
+        # seconds (10 x 10 by default): a message a killed worker held came back up to 100 s
+        # late. One cheap ZRANGE every few seconds makes the timeout the actual delay.
+        "unacked_restore_interval": min(10, settings.broker_visibility_timeout),
+        "unacked_restore_throttle": 1,
         "socket_connect_timeout": 5,
         "socket_timeout": 30,
     },

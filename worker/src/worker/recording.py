@@ -161,8 +161,24 @@ def _results(contract: TaskContract[ArgsT, ResultT]) -> TypeAdapter[ResultT]:
 async def execute(
     run: RunContext, contract: TaskContract[ArgsT, ResultT], core: Core[ArgsT, ResultT]
 ) -> Done[ResultT] | RetryLater | Failed:
-    async with get_task_session() as db:
-        claimed = await claim(db, run)
+    try:
+        async with get_task_session() as db:
+            claimed = await claim(db, run)
+    except Exception as exc:
+        # The database is unreachable before the run even started: retry the message like
+        # any transient failure (nothing can be recorded now). Raising would ack it, and the
+        # run would wait for the relay's repair (OUTBOX_REPAIR_AFTER) instead.
+        if is_transient(exc) and run.retries < run.max_retries:
+            retry = RetryLater(exc, _backoff(run.retries))
+            with log_context(task_id=str(run.id), task_name=run.name, request_id=run.request_id):
+                TASKS_RETRIED.labels(run.name).inc()
+                log.warning(
+                    "task not started: the database is unreachable",
+                    extra={"outcome": "retrying", "error": type(exc).__name__,
+                           "retry_in_s": retry.countdown},
+                )  # fmt: skip
+            return retry
+        raise
     with log_context(
         task_id=str(run.id), task_name=run.name, request_id=claimed.request_id or run.request_id
     ):
@@ -198,14 +214,8 @@ async def _run_claimed(
     except Exception as exc:
         outcome: RetryLater | Failed
         if is_transient(exc) and run.retries < run.max_retries:
-            countdown = get_exponential_backoff_interval(
-                factor=2,
-                retries=run.retries,
-                maximum=settings.task_retry_backoff_max,
-                full_jitter=True,
-            )
             outcome, state, extra = (
-                RetryLater(exc, countdown),
+                RetryLater(exc, _backoff(run.retries)),
                 TaskState.RETRYING,
                 {"published_at": func.now()},
             )
@@ -240,6 +250,12 @@ def _report(task: str, outcome: Done[R] | RetryLater | Failed, seconds: float) -
             "task finished",
             extra={**fields, "outcome": "failed", "error": type(outcome.error).__name__},
         )
+
+
+def _backoff(retries: int) -> int:
+    return get_exponential_backoff_interval(
+        factor=2, retries=retries, maximum=settings.task_retry_backoff_max, full_jitter=True
+    )
 
 
 def run_recorded(

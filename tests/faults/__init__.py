@@ -1,0 +1,1 @@
+"""Fault injection: real processes, real servers, and the faults production meets."""

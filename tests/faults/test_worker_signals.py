@@ -1,0 +1,133 @@
+"""A worker killed outright, and a worker asked to stop: what happens to the messages it held."""
+
+import os
+import signal
+import time
+
+from redis.asyncio import Redis
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.models import TaskState, User
+from tests.faults.stack import (
+    create_users,
+    emails_per_address,
+    own_redis,
+    publish,
+    queue_welcome_runs,
+    runs_by_id,
+    smtp_env,
+    unfinished_runs,
+    users_without_email,
+)
+from tests.fixtures.processes import Processes
+from tests.fixtures.smtp import Mailbox
+from tests.fixtures.waiting import eventually
+from tests.worker.probe_tasks import REPORTS_KEY, SLOW_UPDATE
+
+PROBE_APP = "tests.worker.probe_tasks"
+CONCURRENCY = 2
+# Celery reserves prefetch_multiplier x concurrency messages (worker_prefetch_multiplier=1) and
+# each child runs one: at most this many messages are delivered but unacked at any moment.
+IN_FLIGHT_BOUND = 1 * CONCURRENCY + CONCURRENCY
+# Short limits so a lost message comes back in seconds: the visibility timeout must outlast the
+# hard time limit (settings refuse anything else).
+SHORT_LIMITS = {
+    "TASK_SOFT_TIME_LIMIT": "3",
+    "TASK_TIME_LIMIT": "4",
+    "BROKER_VISIBILITY_TIMEOUT": "5",
+}
+USERS = 500
+
+
+async def test_sigkill_with_500_in_flight_loses_nothing_and_applies_each_once(
+    processes: Processes, e2e_engine: AsyncEngine, smtp_server: Mailbox
+) -> None:
+    redis, _ = own_redis(processes)
+    processes.env.update(**SHORT_LIMITS, **smtp_env(smtp_server))
+    user_ids = await create_users(e2e_engine, "kill", USERS)
+    run_ids = await queue_welcome_runs(e2e_engine, redis, user_ids)
+    worker = processes.worker(concurrency=CONCURRENCY)
+
+    smtp_server.wait_for(USERS // 3, timeout=60)
+    os.killpg(worker.popen.pid, signal.SIGKILL)  # the main process and every child, at once
+    worker.popen.wait()
+    killed_at = time.monotonic()
+    sent_before_kill = len(smtp_server.messages)
+    in_flight = int(await redis.hlen("unacked"))  # delivered, never acked: to be redelivered
+
+    processes.worker(concurrency=CONCURRENCY)
+
+    async def all_done() -> bool:
+        return await unfinished_runs(e2e_engine) == 0
+
+    await eventually(all_done, 90, "every run to succeed after the restart")
+    recovered_in = time.monotonic() - killed_at
+    smtp_server.wait_for(USERS, timeout=10)
+
+    runs = await runs_by_id(e2e_engine, run_ids)
+    assert len(runs) == USERS
+    assert all(r.state == TaskState.SUCCEEDED for r in runs.values())
+    # The effect committed once per run: each run's own outcome is True (it sent), never a
+    # second "already sent" outcome overwriting it.
+    assert sorted(str(r.result) for r in runs.values()) == ["True"] * USERS
+    assert await users_without_email(e2e_engine) == 0
+    redelivered = sum(1 for r in runs.values() if r.attempts > 1)
+
+    per_address = emails_per_address(smtp_server.messages)
+    assert set(per_address) == {f"kill{i}@example.com" for i in range(USERS)}
+    duplicates = sum(n - 1 for n in per_address.values())
+    print(
+        f"\nkilled after {sent_before_kill} emails; {in_flight} messages unacked at the kill; "
+        f"{redelivered} runs started twice; {duplicates} duplicate emails; "
+        f"all {USERS} done {recovered_in:.1f}s after the kill"
+    )
+    assert 0 < in_flight <= IN_FLIGHT_BOUND
+    assert redelivered <= in_flight
+    assert duplicates <= in_flight
+
+
+async def test_sigterm_lets_the_running_task_finish_and_nothing_comes_back(
+    processes: Processes, e2e_engine: AsyncEngine
+) -> None:
+    redis, _ = own_redis(processes)
+    [user_id] = await create_users(e2e_engine, "term", 1)
+    worker = processes.worker(app=PROBE_APP, concurrency=1, **SHORT_LIMITS)
+    run_id = await publish(redis, SLOW_UPDATE.name, user_id=user_id, seconds=2)
+
+    async def started() -> bool:
+        return int(await redis.llen(REPORTS_KEY)) >= 1
+
+    await eventually(started, 30, "the slow task to start")
+    worker.signal(signal.SIGTERM)  # what Kubernetes sends: the main process only
+    termed_at = time.monotonic()
+    # The task (2 s) is far shorter than the pod's grace period (400 s): a warm shutdown waits
+    # for it; the bound here only keeps a hung worker from hanging the test.
+    assert worker.popen.wait(timeout=30) == 0, worker.output()[-3000:]
+    print(f"\nworker exited 0, {time.monotonic() - termed_at:.1f}s after SIGTERM")
+
+    run = (await runs_by_id(e2e_engine, [run_id]))[run_id]
+    assert run.state == TaskState.SUCCEEDED
+    assert run.attempts == 1
+    # Acked before the exit: nothing left to redeliver, now or after the visibility timeout.
+    assert await redis.hlen("unacked") == 0
+    assert await redis.llen("default") == 0
+
+    # A second worker gets only what is published afterwards: the marker comes back, the slow
+    # run does not (the queue is FIFO, so it would have come first).
+    processes.worker(app=PROBE_APP, concurrency=1, **SHORT_LIMITS)
+    await publish(redis, "tests.backend_pid")
+
+    async def marker_done() -> bool:
+        return int(await redis.llen(REPORTS_KEY)) >= 2
+
+    await eventually(marker_done, 30, "the marker task")
+    assert (await runs_by_id(e2e_engine, [run_id]))[run_id].attempts == 1
+    async with e2e_engine.connect() as conn:
+        name = await conn.scalar(select(User.full_name).where(User.id == user_id))
+    assert name == "U 0+"
+    await close(redis)
+
+
+async def close(redis: Redis) -> None:
+    await redis.aclose()
