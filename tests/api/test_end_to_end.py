@@ -11,19 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.models import TaskRun, TaskState
 from tests.fixtures.api import CLIENT
-from tests.fixtures.processes import Processes
-from tests.fixtures.smtp import Mailbox
+from tests.fixtures.processes import FAST_RELAY, Processes
+from tests.fixtures.smtp import Mailbox, smtp_env
 from tests.fixtures.waiting import eventually
-
-FAST_RELAY = {
-    "OUTBOX_RELAY_INTERVAL": "1",
-    "OUTBOX_GRACE_SECONDS": "1",
-    "OUTBOX_REPAIR_AFTER": "3",
-}
-
-
-def smtp_env(mailbox: Mailbox) -> dict[str, str]:
-    return {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(mailbox.port)}
 
 
 async def sign_up(http: httpx.AsyncClient, count: int, prefix: str) -> list[dict[str, object]]:

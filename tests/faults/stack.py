@@ -16,18 +16,6 @@ from shared.contracts import SEND_WELCOME_EMAIL, SendWelcomeEmailArgs
 from shared.models import TaskRun, TaskState, User
 from shared.runs.outbox import message_for, new_run
 from tests.fixtures.processes import Processes
-from tests.fixtures.smtp import Mailbox
-
-# The relay every second, for unpublished rows older than a second; lost runs after 3 s.
-FAST_RELAY = {
-    "OUTBOX_RELAY_INTERVAL": "1",
-    "OUTBOX_GRACE_SECONDS": "1",
-    "OUTBOX_REPAIR_AFTER": "3",
-}
-
-
-def smtp_env(mailbox: Mailbox) -> dict[str, str]:
-    return {"SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(mailbox.port)}
 
 
 def own_redis(processes: Processes) -> tuple[Redis, int]:

@@ -9,10 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.models import TaskRun, TaskState, User
 from tests.faults.crash_after_commit import CRASH_EXIT_CODE
-from tests.faults.stack import FAST_RELAY, own_redis, runs_by_id, smtp_env
+from tests.faults.stack import own_redis, runs_by_id
 from tests.fixtures.api import CLIENT
-from tests.fixtures.processes import Processes
-from tests.fixtures.smtp import Mailbox, free_port
+from tests.fixtures.processes import FAST_RELAY, Processes
+from tests.fixtures.smtp import Mailbox, free_port, smtp_env
 from tests.fixtures.waiting import eventually, wait_until
 
 

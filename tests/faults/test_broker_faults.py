@@ -12,17 +12,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.models import TaskRun, TaskState
-from tests.faults.stack import (
-    FAST_RELAY,
-    count_runs,
-    emails_per_address,
-    own_redis,
-    smtp_env,
-    unfinished_runs,
-)
+from tests.faults.stack import count_runs, emails_per_address, own_redis, unfinished_runs
 from tests.fixtures.api import CLIENT
-from tests.fixtures.processes import Proc, Processes
-from tests.fixtures.smtp import Mailbox
+from tests.fixtures.processes import FAST_RELAY, Proc, Processes
+from tests.fixtures.smtp import Mailbox, smtp_env
 from tests.fixtures.waiting import eventually, wait_until
 
 SIGN_UPS = 200

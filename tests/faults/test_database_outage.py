@@ -16,12 +16,11 @@ from tests.faults.stack import (
     own_redis,
     queue_welcome_runs,
     runs_by_id,
-    smtp_env,
 )
 from tests.fixtures.api import ADMIN, CLIENT
 from tests.fixtures.processes import Processes
 from tests.fixtures.proxy import CuttableProxy
-from tests.fixtures.smtp import Mailbox
+from tests.fixtures.smtp import Mailbox, smtp_env
 from tests.fixtures.waiting import eventually
 
 RUNS = 20

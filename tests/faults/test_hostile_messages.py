@@ -14,15 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.broker import TaskMessage
 from shared.contracts import SEND_WELCOME_EMAIL
 from shared.models import TaskState
-from tests.faults.stack import (
-    create_users,
-    own_redis,
-    queue_welcome_runs,
-    runs_by_id,
-    smtp_env,
-)
+from tests.faults.stack import create_users, own_redis, queue_welcome_runs, runs_by_id
 from tests.fixtures.processes import Processes
-from tests.fixtures.smtp import Mailbox
+from tests.fixtures.smtp import Mailbox, smtp_env
 from tests.fixtures.waiting import eventually
 
 

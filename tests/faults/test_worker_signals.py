@@ -16,12 +16,11 @@ from tests.faults.stack import (
     publish,
     queue_welcome_runs,
     runs_by_id,
-    smtp_env,
     unfinished_runs,
     users_without_email,
 )
 from tests.fixtures.processes import Processes
-from tests.fixtures.smtp import Mailbox
+from tests.fixtures.smtp import Mailbox, smtp_env
 from tests.fixtures.waiting import eventually
 from tests.worker.probe_tasks import REPORTS_KEY, SLOW_UPDATE
 
