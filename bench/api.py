@@ -27,7 +27,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -46,6 +45,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from bench.databases import REDIS_URL, create_migrated_database
+from bench.process import BenchProcess
 from shared.db import make_engine
 from shared.settings import DEV_API_TOKEN
 
@@ -57,7 +57,6 @@ WRK_THREADS = 2  # wrk's default; the issue's reference figures were taken with 
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
 PUBLISH_WAIT = 5.0  # how long the product's publisher may take to catch up after a phase
-REPO = Path(__file__).resolve().parents[1]
 LUA_SCRIPT = Path(__file__).resolve().with_name("api_post_users.lua")
 RESULT_PREFIX = "BENCH_API_RESULT "
 
@@ -128,12 +127,11 @@ def free_port() -> int:
         return port
 
 
-class Server:
+class Server(BenchProcess):
     """One uvicorn process serving one app, as production runs the API (one process each)."""
 
     def __init__(self, side: Side, database: URL, log: Path) -> None:
         self.port = free_port()
-        self.log = log
         self.base_url = f"http://{HOST}:{self.port}"
         env = {
             **os.environ,
@@ -143,22 +141,13 @@ class Server:
             "ENVIRONMENT": "test",
             # Both sides log at the same level, so logging costs the same on each.
             "LOG_LEVEL": "WARNING",
-            "PYTHONPATH": str(REPO),
         }
         argv = [
             sys.executable, "-m", "uvicorn", side.module, "--factory", "--host", HOST,
             "--port", str(self.port), "--workers", "1", "--no-access-log",
             "--log-level", "warning",
         ]  # fmt: skip
-        self.popen = subprocess.Popen(
-            argv, cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-
-    def check_alive(self) -> None:
-        if self.popen.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"uvicorn exited ({self.popen.returncode}):\n{tail}")
+        super().__init__("uvicorn", argv, env, log)
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the server process so far: with one process, CPU per request
@@ -176,15 +165,6 @@ class Server:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.base_url} not ready in {START_TIMEOUT}s")
             time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait()
 
 
 # --- load generators -------------------------------------------------------------------------

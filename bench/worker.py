@@ -24,9 +24,7 @@ import argparse
 import asyncio
 import itertools
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +39,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from bench.databases import REDIS_URL, create_migrated_database
+from bench.process import BenchProcess
 from bench.tasks import COUNTER_KEY, NOOP, QUEUE, TOUCH_USER, TOUCH_USER_ASYNCIO_RUN
 from shared.broker import Broker, TaskMessage
 from shared.db import make_engine
@@ -52,7 +51,6 @@ POLL_SECONDS = 0.005
 ROUND_TIMEOUT = 300.0
 RSS_EVERY = 10_000
 MB = 1024 * 1024
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -80,12 +78,11 @@ class Kind:
         return self.done / sum(self.seconds)
 
 
-class BenchWorker:
+class BenchWorker(BenchProcess):
     """The worker process, started with production's flags (scripts/run_stack.py) but for
     the queue, and its children."""
 
     def __init__(self, database: URL, log: Path, synchronous_commit: str) -> None:
-        self.log = log
         env = {
             # Production's default is off (see the README); on shows what WAL flushes cost.
             "WORKER_SYNCHRONOUS_COMMIT": "true" if synchronous_commit == "on" else "false",
@@ -94,34 +91,16 @@ class BenchWorker:
             "REDIS_URL": REDIS_URL,
             "ENVIRONMENT": "development",
             "LOG_LEVEL": "INFO",
-            "PYTHONPATH": str(REPO),
         }
         argv = [
             sys.executable, "-m", "celery", "-A", "bench.tasks", "worker", "-P", "prefork",
             "-c", str(CONCURRENCY), "-Q", QUEUE, "--loglevel", "INFO",
         ]  # fmt: skip
-        self.popen = subprocess.Popen(
-            argv, cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-
-    def check_alive(self) -> None:
-        if self.popen.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"the worker exited ({self.popen.returncode}):\n{tail}")
+        super().__init__("the worker", argv, env, log)
 
     def children_rss_mb(self) -> dict[int, float]:
         children = psutil.Process(self.popen.pid).children()
         return {child.pid: child.memory_info().rss / MB for child in children}
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait()
 
 
 class Producer:
