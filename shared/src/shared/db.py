@@ -7,6 +7,7 @@ from typing import Literal, TypeAlias
 
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -66,5 +67,6 @@ def make_engine(
     )
 
 
-def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False)
+def make_sessionmaker(bind: AsyncEngine | AsyncConnection) -> async_sessionmaker[AsyncSession]:
+    """Objects stay readable after commit: services return what they committed."""
+    return async_sessionmaker(bind, expire_on_commit=False)

@@ -251,7 +251,7 @@ async def get_task_session() -> AsyncIterator[AsyncSession]:
         # every intermediate commit (no pool) and reconnect for the next batch.
         async with (
             engine.connect() as connection,
-            _transaction(async_sessionmaker(connection, expire_on_commit=False)) as session,
+            _transaction(make_sessionmaker(connection)) as session,
         ):
             yield session
     finally:
