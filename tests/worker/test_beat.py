@@ -137,7 +137,8 @@ def test_a_standby_takes_over_from_a_killed_holder_and_sends_the_missed_ticks_on
 def test_a_restarted_beat_neither_resends_a_tick_nor_sends_missed_ones_twice(
     processes: Processes,
 ) -> None:
-    interval = 4.0
+    # Long enough that a restart on a loaded machine (stop, interpreter start, lock) fits in it.
+    interval = 6.0
     fast = {**FAST, "SCHEDULE_PRUNE_LOGS": str(interval)}
     first = processes.beat("beat", **fast)
     [sent_before] = wait_for_sends(1, first, timeout=interval + 10)
