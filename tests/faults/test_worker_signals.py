@@ -22,9 +22,8 @@ from tests.faults.stack import (
 from tests.fixtures.processes import Processes
 from tests.fixtures.smtp import Mailbox, smtp_env
 from tests.fixtures.waiting import eventually
-from tests.worker.probe_tasks import REPORTS_KEY, SLOW_UPDATE
+from tests.worker.probe_tasks import PROBE_APP, REPORTS_KEY, SLOW_UPDATE
 
-PROBE_APP = "tests.worker.probe_tasks"
 CONCURRENCY = 2
 # Celery reserves prefetch_multiplier x concurrency messages (worker_prefetch_multiplier=1) and
 # each child runs one: at most this many messages are delivered but unacked at any moment.

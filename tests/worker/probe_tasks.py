@@ -19,6 +19,8 @@ from worker.recording import run_recorded
 
 __all__ = ["app"]
 
+PROBE_APP = __name__  # what a test worker passes to `celery -A`
+
 REPORTS_KEY = "probe:reports"
 
 

@@ -138,7 +138,7 @@ def test_a_restarted_beat_neither_resends_a_tick_nor_sends_missed_ones_twice(
     processes: Processes,
 ) -> None:
     # Long enough that a restart on a loaded machine (stop, interpreter start, lock) fits in it.
-    interval = 6.0
+    interval = 8.0
     fast = {**FAST, "SCHEDULE_PRUNE_LOGS": str(interval)}
     first = processes.beat("beat", **fast)
     [sent_before] = wait_for_sends(1, first, timeout=interval + 10)

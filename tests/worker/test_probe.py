@@ -16,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.models import TaskRun, TaskState, User
 from tests.fixtures.processes import Processes, run_probe
 from tests.fixtures.waiting import wait_until
-from tests.worker.probe_tasks import SLOW_UPDATE
-from tests.worker.test_runtime import PROBE_APP, publish, reports
+from tests.worker.probe_tasks import PROBE_APP, SLOW_UPDATE
+from tests.worker.test_runtime import publish, reports
 from worker.probe import BEAT_HEARTBEAT, WORKER_HEARTBEAT, WORKER_READY, check
 
 HEAVY = ("celery", "sqlalchemy", "pydantic", "redis", "shared.settings", "worker.celery_app")

@@ -17,7 +17,7 @@ from shared.settings import settings
 from tests.fixtures.processes import Processes
 from tests.fixtures.smtp import Mailbox, free_port
 from tests.fixtures.waiting import eventually
-from tests.worker.probe_tasks import SLOW_UPDATE
+from tests.worker.probe_tasks import PROBE_APP, SLOW_UPDATE
 
 FAST_RETRIES = {"TASK_RETRY_BACKOFF_MAX": "1", "TASK_MAX_RETRIES": "3"}
 
@@ -140,7 +140,7 @@ async def test_a_run_delivered_past_the_bound_is_failed_and_not_run(
                 attempts=settings.task_max_attempts,
             )
         )  # fmt: skip
-    processes.worker(app="tests.worker.probe_tasks")
+    processes.worker(app=PROBE_APP)
     await Broker(e2e_redis, timeout=5).publish(
         [TaskMessage(run_id, SLOW_UPDATE.name, kwargs, "default")]
     )

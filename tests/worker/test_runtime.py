@@ -16,9 +16,8 @@ from shared.models import TaskRun, TaskState, User
 from tests.fixtures.processes import Processes
 from tests.fixtures.smtp import Mailbox
 from tests.fixtures.waiting import eventually
-from tests.worker.probe_tasks import REPORTS_KEY, SLOW_UPDATE
+from tests.worker.probe_tasks import PROBE_APP, REPORTS_KEY, SLOW_UPDATE
 
-PROBE_APP = "tests.worker.probe_tasks"
 LOOP_ERRORS = ("attached to a different loop", "another operation is in progress", "loop is closed")
 
 
