@@ -14,7 +14,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.models import TaskRun, TaskState, User
-from tests.fixtures.processes import Processes, run_probe
+from tests.fixtures.processes import Proc, Processes, run_probe
 from tests.fixtures.waiting import wait_until
 from tests.worker.probe_tasks import PROBE_APP, SLOW_UPDATE
 from tests.worker.test_runtime import publish, reports
@@ -54,13 +54,27 @@ def test_readiness_needs_the_ready_file_and_a_live_heartbeat(tmp_path: Path) -> 
     assert check("worker", ready=True, max_age=5, directory=tmp_path) is not None
 
 
-def fails_within(component: str, heartbeat_dir: Path, max_age: float) -> float:
-    """Seconds until the probe fails, polled with a bound of max_age plus a margin."""
+def assert_probe_follows_a_stop(
+    proc: Proc, component: str, heartbeat_dir: Path, max_age: float
+) -> None:
+    """SIGSTOP the process: its probe fails within max_age (plus polling slack); SIGCONT: it
+    passes again."""
+    proc.signal(signal.SIGSTOP)
     started = time.monotonic()
+    try:
+        wait_until(
+            lambda: run_probe(component, heartbeat_dir, max_age) != 0,
+            max_age + 5,
+            "a failing probe",
+        )
+        failed_after = time.monotonic() - started
+    finally:
+        proc.signal(signal.SIGCONT)
+    print(f"{component} probe failed {failed_after:.1f}s after SIGSTOP (bound {max_age}s)")
+    assert failed_after <= max_age + 1.5
     wait_until(
-        lambda: run_probe(component, heartbeat_dir, max_age) != 0, max_age + 5, "a failing probe"
+        lambda: run_probe(component, heartbeat_dir, max_age) == 0, 5, "a passing probe again"
     )
-    return time.monotonic() - started
 
 
 def test_the_beat_probe_fails_within_its_bound_once_beat_stops_ticking(
@@ -70,14 +84,7 @@ def test_the_beat_probe_fails_within_its_bound_once_beat_stops_ticking(
     beat = processes.beat("beat", BEAT_MAX_LOOP_INTERVAL="1")
     heartbeat_dir = processes.tmp_path / "beat"
     wait_until(lambda: run_probe("beat", heartbeat_dir, max_age) == 0, 10, "a passing probe")
-    beat.signal(signal.SIGSTOP)
-    try:
-        failed_after = fails_within("beat", heartbeat_dir, max_age)
-    finally:
-        beat.signal(signal.SIGCONT)
-    print(f"beat probe failed {failed_after:.1f}s after SIGSTOP (bound {max_age}s)")
-    assert failed_after <= max_age + 1.5
-    wait_until(lambda: run_probe("beat", heartbeat_dir, max_age) == 0, 5, "a passing probe again")
+    assert_probe_follows_a_stop(beat, "beat", heartbeat_dir, max_age)
 
 
 async def test_the_worker_probes_follow_the_main_process_not_the_tasks(
@@ -109,14 +116,7 @@ async def test_the_worker_probes_follow_the_main_process_not_the_tasks(
     assert state == TaskState.SUCCEEDED
     assert probed_during_task >= 10
 
-    worker.signal(signal.SIGSTOP)
-    try:
-        failed_after = fails_within("worker", heartbeat_dir, max_age)
-    finally:
-        worker.signal(signal.SIGCONT)
-    print(f"worker probe failed {failed_after:.1f}s after SIGSTOP (bound {max_age}s)")
-    assert failed_after <= max_age + 1.5
-    wait_until(lambda: run_probe("worker", heartbeat_dir, max_age) == 0, 5, "a passing probe")
+    assert_probe_follows_a_stop(worker, "worker", heartbeat_dir, max_age)
 
     worker.stop()
     assert not (heartbeat_dir / WORKER_READY).exists(), "still ready after shutdown"
