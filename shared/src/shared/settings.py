@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     smtp_password: SecretStr = SecretStr("")
     smtp_starttls: bool = False
     smtp_timeout: float = Field(default=10.0, gt=0)
+    # Open SMTP sessions each worker process keeps and reuses (worker.smtp).
+    smtp_pool_size: int = Field(default=50, ge=1, le=500)
     mail_from: str = "Backend <no-reply@example.com>"
 
     admin_token: SecretStr = SecretStr(DEV_ADMIN_TOKEN)

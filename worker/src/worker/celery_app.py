@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pkgutil
+import threading
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from celery.signals import (
     worker_init,
     worker_process_init,
     worker_process_shutdown,
+    worker_shutdown,
 )
 from kombu import Queue as KombuQueue
 from redis.asyncio import Redis
@@ -54,6 +56,8 @@ from shared.logs import configure_logging
 from shared.schema import SchemaNotCurrentError, ensure_schema_current
 from shared.settings import settings
 from worker import heartbeat, metrics
+from worker.concurrent import LoopThread
+from worker.smtp import SmtpPool
 
 T = TypeVar("T")
 
@@ -73,7 +77,11 @@ app.conf.update(
     task_reject_on_worker_lost=True,
     # With late acks, a prefetched message waits behind a long task; take one at a time.
     worker_prefetch_multiplier=1,
-    task_soft_time_limit=settings.task_soft_time_limit,
+    # The soft limit is the runtime's (worker.recording): it cancels the core on the loop and
+    # records the run as its contract says, in either pool. Celery's own soft limit would raise
+    # in the thread waiting for the core instead. The hard limit is Celery's in a prefork
+    # child; the concurrent pool's watchdog enforces it (worker.concurrent).
+    task_soft_time_limit=None,
     task_time_limit=settings.task_time_limit,
     # Redis redelivers an unacked message after the visibility timeout: it must outlast the
     # longest task (the hard time limit), or a running task is delivered a second time.
@@ -167,55 +175,73 @@ app.autodiscover_tasks(
 
 
 @dataclass
-class _ChildRuntime:
-    """What one worker child keeps for its whole life: a loop, and clients bound to it."""
+class _ProcessRuntime:
+    """What one worker process (a prefork child, or the whole threads-pool worker) keeps for
+    its whole life: an event loop in a thread of its own, and clients bound to that loop."""
 
     pid: int
-    loop: asyncio.AbstractEventLoop
+    loop_thread: LoopThread
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     redis: Redis
+    smtp: SmtpPool
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self.loop_thread.loop
 
     @classmethod
-    def start(cls) -> _ChildRuntime:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
+    def start(cls) -> _ProcessRuntime:
+        loop_thread = LoopThread()
         engine = make_engine(
             "worker",
             pool_size=settings.worker_db_pool_size,
             synchronous_commit=settings.worker_synchronous_commit,
         )
         redis = connect_redis(settings.redis_url.get_secret_value(), settings.publish_timeout)
-        return cls(os.getpid(), loop, engine, make_sessionmaker(engine), redis)
+        smtp = SmtpPool(settings.smtp_pool_size)
+        return cls(os.getpid(), loop_thread, engine, make_sessionmaker(engine), redis, smtp)
 
     def close(self) -> None:
-        self.loop.run_until_complete(self.engine.dispose())
-        self.loop.run_until_complete(self.redis.aclose())
-        self.loop.close()
+        async def close_clients() -> None:
+            await self.smtp.close()
+            await self.engine.dispose()
+            await self.redis.aclose()
+
+        self.loop_thread.call(close_clients())
+        self.loop_thread.stop()
 
 
-_runtime: _ChildRuntime | None = None
+_runtime: _ProcessRuntime | None = None
+_runtime_lock = threading.Lock()
 
 
-def _child_runtime() -> _ChildRuntime:
-    """This process's runtime, created on first use. One inherited across fork is never
-    reused: its sockets belong to the parent."""
+def _process_runtime() -> _ProcessRuntime:
+    """This process's runtime, created on first use (by whichever pool thread comes first).
+    One inherited across fork is never reused: its sockets and its thread stayed in the
+    parent."""
     global _runtime
-    if _runtime is None or _runtime.pid != os.getpid():
-        _runtime = _ChildRuntime.start()
-    return _runtime
-
-
-def _runtime_of_running_loop() -> _ChildRuntime | None:
-    loop = asyncio.get_running_loop()
-    if _runtime is not None and _runtime.pid == os.getpid() and _runtime.loop is loop:
+    runtime = _runtime
+    if runtime is not None and runtime.pid == os.getpid():
+        return runtime
+    with _runtime_lock:
+        if _runtime is None or _runtime.pid != os.getpid():
+            _runtime = _ProcessRuntime.start()
         return _runtime
+
+
+def _runtime_of_running_loop() -> _ProcessRuntime | None:
+    loop = asyncio.get_running_loop()
+    runtime = _runtime
+    if runtime is not None and runtime.pid == os.getpid() and runtime.loop is loop:
+        return runtime
     return None
 
 
 def run_async(core: Coroutine[Any, Any, T]) -> T:
-    """Run a task's async core on this worker child's long-lived event loop."""
-    return _child_runtime().loop.run_until_complete(core)
+    """Run a task's async core on this process's event loop and wait for its result. Many
+    pool threads may wait at once: their cores run concurrently on the one loop."""
+    return _process_runtime().loop_thread.run(core)
 
 
 @asynccontextmanager
@@ -269,8 +295,15 @@ async def db_or_task_session(db: AsyncSession | None) -> AsyncIterator[AsyncSess
 
 
 def get_task_broker() -> Broker:
-    """The broker client for tasks that publish (the outbox relay), on the child's loop."""
-    return Broker(_child_runtime().redis, settings.publish_timeout)
+    """The broker client for tasks that publish (the outbox relay), on the process's loop."""
+    return Broker(_process_runtime().redis, settings.publish_timeout)
+
+
+def get_smtp_pool() -> SmtpPool | None:
+    """The process's SMTP sessions, for a core running on the process's loop; None on any
+    other loop (a task that calls `asyncio.run()` itself sends over a connection of its own)."""
+    runtime = _runtime_of_running_loop()
+    return runtime.smtp if runtime is not None else None
 
 
 @worker_init.connect
@@ -295,13 +328,15 @@ def _refuse_an_unknown_schema(**_: object) -> None:
 
 @worker_process_init.connect
 def _start_child_runtime(**_: object) -> None:
-    global _runtime
-    _runtime = _ChildRuntime.start()
+    """A prefork child starts its runtime at once; the threads pool's first run does."""
+    _process_runtime()
 
 
-@worker_process_shutdown.connect
-def _close_child_runtime(**_: object) -> None:
+@worker_process_shutdown.connect  # a prefork child
+@worker_shutdown.connect  # the threads pool: after the pool stopped, its runs ended
+def _close_process_runtime(**_: object) -> None:
     global _runtime
-    if _runtime is not None and _runtime.pid == os.getpid():
-        _runtime.close()
-    _runtime = None
+    with _runtime_lock:
+        if _runtime is not None and _runtime.pid == os.getpid():
+            _runtime.close()
+        _runtime = None
