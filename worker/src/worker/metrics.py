@@ -41,6 +41,11 @@ TASKS_STARTED = Counter("worker_tasks_started_total", "Task runs started", ["tas
 TASKS_SUCCEEDED = Counter("worker_tasks_succeeded_total", "Task runs succeeded", ["task"])
 TASKS_FAILED = Counter("worker_tasks_failed_total", "Task runs failed for good", ["task"])
 TASKS_RETRIED = Counter("worker_tasks_retried_total", "Task runs sent back for a retry", ["task"])
+TASKS_SUPERSEDED = Counter(
+    "worker_tasks_superseded_total",
+    "Attempts rolled back because their run had been claimed again (see worker.recording)",
+    ["task"],
+)
 TASK_DURATION = Histogram(
     "worker_task_duration_seconds",
     "Task run duration, claim to outcome",
