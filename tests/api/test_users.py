@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from api.deps import get_db
+from api.errors import SEND_JSON
 from api.main import create_app
 from shared.contracts import SEND_WELCOME_EMAIL
 from shared.db import make_sessionmaker
@@ -198,8 +199,6 @@ async def test_concurrent_sign_ups_with_one_email_exactly_one_wins(
         (b'{"email": "a@example.com", "full_name": "v\xc3"}', "application/json"),
         (b"[" * 5_000 + b"]" * 5_000, "application/json"),
         (b'{"email": "a@example.com", "full_name": ' + b"9" * 5_000 + b"}", "application/json"),
-        (b"email=a@example.com&full_name=X", "application/x-www-form-urlencoded"),
-        (b'{"email": "a@example.com", "full_name": "X"}', "text/plain"),
         (b"[]", "application/json"),
     ],
 )
@@ -211,6 +210,53 @@ async def test_malformed_bodies_are_422(
     )
     assert response.status_code == 422, response.text
     assert response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b"email=a@example.com&full_name=X", "application/x-www-form-urlencoded"),
+        (b'{"email": "a@example.com", "full_name": "X"}', "text/plain"),
+        (b'{"email": "a@example.com", "full_name": "X"}', None),
+    ],
+)
+async def test_a_body_not_sent_as_json_is_415_saying_to_send_json(
+    client: AsyncClient, content: bytes, content_type: str | None
+) -> None:
+    headers = {**CLIENT, **({"Content-Type": content_type} if content_type else {})}
+    created = await client.post("/users", content=content, headers=headers)
+    assert created.status_code == 415, created.text
+    assert created.json() == {"detail": SEND_JSON}
+    uid = (await create(client))["id"]
+    patched = await client.patch(f"/users/{uid}", content=b'{"full_name": "Y"}', headers=headers)
+    assert patched.status_code == 415, patched.text
+    assert "dictionar" not in patched.text
+
+
+@pytest.mark.parametrize("field", ["full_name", "is_active"])
+async def test_patch_with_an_explicit_null_is_422_and_changes_nothing(
+    client: AsyncClient, field: str
+) -> None:
+    user = await create(client)
+    response = await client.patch(f"/users/{user['id']}", json={field: None}, headers=CLIENT)
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", field]
+    assert "may be left out, but not null" in error["msg"]
+    unchanged = await client.get(f"/users/{user['id']}", headers=CLIENT)
+    assert unchanged.json()["full_name"] == user["full_name"]
+    assert unchanged.json()["is_active"] is True
+
+
+async def test_the_openapi_document_declares_415_and_no_nullable_patch_fields(
+    client: AsyncClient,
+) -> None:
+    document = (await client.get("/openapi.json")).json()
+    for path, method in (("/users", "post"), ("/users/{user_id}", "patch"), ("/tasks", "post")):
+        assert "415" in document["paths"][path][method]["responses"], (path, method)
+    properties = document["components"]["schemas"]["UserUpdateIn"]["properties"]
+    assert properties["full_name"]["type"] == "string"
+    assert properties["is_active"]["type"] == "boolean"
 
 
 async def test_bodies_over_64_kib_are_413(client: AsyncClient) -> None:

@@ -8,10 +8,27 @@ code without leaking connections across processes or event loops?
   from a dead loop ("attached to a different loop", then "another operation is in progress").
 - A pool inherited across fork shares sockets between processes.
 
-So each worker child (after fork) keeps ONE event loop and ONE small pooled engine for its whole
-life: `run_async()` runs a task's async core on that loop, and `get_task_session()` hands out
-sessions from that engine, reusing connections from task to task. Connections per worker pod are
-bounded by children x WORKER_DB_POOL_SIZE. A task written to the original standard, with
+So each worker process (a prefork child, after fork; or the one process of a threads-pool
+worker) keeps ONE event loop, in a thread of its own, and ONE engine with a bounded pool
+(WORKER_DB_POOL_SIZE), one Redis client and one pool of SMTP sessions, all bound to that loop:
+`run_async()` submits a task's async core to the loop and waits for it, and
+`get_task_session()` hands out sessions from that engine, reusing connections from run to run.
+
+Many runs in flight per process (issue: I/O-bound tasks spend their time waiting on the
+network). Celery 5 has no async tasks, so the concurrent worker keeps Celery's `threads` pool
+(`-P threads -c 100`, worker.kinds) for delivery: late acks, retries, warm shutdown. Each pool
+thread only waits while its run's core runs on the process's one loop, so a hundred threads are
+a hundred runs in flight sharing one loop, one engine and one SMTP pool. `-P threads` gets
+worker.concurrent.ConcurrentPool (swapped in at worker_init): the threads pool plus what it
+lacks and prefork had, namely cancelling a run (on broker connection loss) and the hard time
+limit (a watchdog). The soft limit is enforced on the loop by the run itself (worker.recording).
+Chosen over a pool class that runs cores as asyncio tasks directly: Celery's request, ack and
+retry machinery stays as tested, and the prefork kind runs the very same runtime.
+
+Connections: a worker process holds at most WORKER_DB_POOL_SIZE PostgreSQL connections for its
+runs, however many are in flight; a run waiting for one is not an error (a pool timeout is
+transient), and no run holds one while it waits on the network (the welcome email claims,
+sends, then stamps: worker.users.tasks). A task written to the original standard, with
 `asyncio.run()`, still works: on any other loop, `get_task_session()` opens a connection for
 that session only and closes it before the loop ends (correct, just slower).
 """
@@ -29,6 +46,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from celery import Celery
+from celery.concurrency.thread import TaskPool as ThreadTaskPool
 from celery.schedules import crontab, schedule
 from celery.signals import (
     setup_logging,
@@ -55,8 +73,8 @@ from shared.db import make_engine, make_sessionmaker
 from shared.logs import configure_logging
 from shared.schema import SchemaNotCurrentError, ensure_schema_current
 from shared.settings import settings
-from worker import heartbeat, metrics
-from worker.concurrent import LoopThread
+from worker import heartbeat, metrics, visibility
+from worker.concurrent import ConcurrentPool, LoopThread
 from worker.smtp import SmtpPool
 
 T = TypeVar("T")
@@ -83,19 +101,10 @@ app.conf.update(
     # child; the concurrent pool's watchdog enforces it (worker.concurrent).
     task_soft_time_limit=None,
     task_time_limit=settings.task_time_limit,
-    # Redis redelivers an unacked message after the visibility timeout: it must outlast the
-    # longest task (the hard time limit), or a running task is delivered a second time.
-    broker_transport_options={
-        "visibility_timeout": settings.broker_visibility_timeout,
-        # kombu sweeps for messages past their visibility timeout every interval x throttle
-        # seconds (10 x 10 by default): a message a killed worker held came back up to 100 s
-        # late. One cheap ZRANGE every few seconds makes the timeout the actual delay.
-        "unacked_restore_interval": min(10, settings.broker_visibility_timeout),
-        "unacked_restore_throttle": 1,
-        "socket_connect_timeout": 5,
-        "socket_timeout": 30,
-    },
-    result_backend_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
+    # Redis redelivers an unacked message after the visibility timeout. It is short (30 s) and
+    # every live worker renews the messages it holds: worker.visibility adds the timeout, the
+    # sweep's cadence and the renewal step.
+    broker_transport_options={"socket_connect_timeout": 5, "socket_timeout": 30},
     # Losing the broker connection loses the acks of running late-ack tasks: they will be
     # redelivered, so stop them rather than let two copies run.
     worker_cancel_long_running_tasks_on_connection_loss=True,
@@ -159,6 +168,7 @@ app.conf.beat_schedule = {
 }
 
 heartbeat.install(app)
+visibility.install(app)
 metrics.install()
 
 
@@ -304,6 +314,13 @@ def get_smtp_pool() -> SmtpPool | None:
     other loop (a task that calls `asyncio.run()` itself sends over a connection of its own)."""
     runtime = _runtime_of_running_loop()
     return runtime.smtp if runtime is not None else None
+
+
+@worker_init.connect
+def _threads_pool_runs_on_the_loop(sender: object = None, **_: object) -> None:
+    """`-P threads` means the threads pool with cancellable runs and a hard time limit."""
+    if getattr(sender, "pool_cls", None) in ("threads", ThreadTaskPool):
+        sender.pool_cls = ConcurrentPool  # type: ignore[attr-defined]
 
 
 @worker_init.connect

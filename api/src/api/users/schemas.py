@@ -4,7 +4,8 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from api.text import Printable, Trimmed
 from shared.models.users import FULL_NAME_MAX_LENGTH
@@ -28,10 +29,21 @@ class UserCreateIn(BaseModel):
 
 
 class UserUpdateIn(BaseModel):
+    """A partial update: a field left out stays as it is. A field sent as null is a 422, not a
+    silent no-op: neither can be emptied, and null would read as "clear it"."""
+
     model_config = ConfigDict(extra="forbid")
 
-    full_name: FullName | None = None
-    is_active: bool | None = None
+    # None only as the "left out" default, so the schema does not offer null.
+    full_name: FullName | SkipJsonSchema[None] = None
+    is_active: bool | SkipJsonSchema[None] = None
+
+    @field_validator("full_name", "is_active", mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        if value is None:  # defaults are not validated: only an explicit null gets here
+            raise ValueError("may be left out, but not null")
+        return value
 
     def to_change(self) -> UserChange:
         return UserChange(full_name=self.full_name, is_active=self.is_active)
