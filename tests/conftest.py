@@ -7,7 +7,7 @@ from tests.fixtures.database import db, e2e_database, e2e_engine, test_database,
 from tests.fixtures.processes import processes
 from tests.fixtures.proxy import db_proxy
 from tests.fixtures.redis import e2e_redis, redis
-from tests.fixtures.smtp import smtp_server
+from tests.fixtures.smtp import smtp_server, smtputf8_server
 
 __all__ = [
     "api_app",
@@ -20,6 +20,7 @@ __all__ = [
     "processes",
     "redis",
     "smtp_server",
+    "smtputf8_server",
     "test_database",
     "test_engine",
 ]

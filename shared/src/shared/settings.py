@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_timeout: float = Field(default=10.0, gt=0)
     mail_from: str = "Backend <no-reply@example.com>"
+    # Does the mail server offer SMTPUTF8? The API has no SMTP client to ask, and only such a
+    # server can deliver to an address whose local part is not ASCII (shared.users.addresses).
+    smtp_utf8: bool = False
 
     admin_token: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
     api_tokens: Annotated[list[SecretStr], NoDecode] = [SecretStr(DEV_API_TOKEN)]
