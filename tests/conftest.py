@@ -3,7 +3,14 @@ tests/environment.py (loaded by `-p tests.environment`) has already pointed sett
 worker's test databases."""
 
 from tests.fixtures.api import api_app, client
-from tests.fixtures.database import db, e2e_database, e2e_engine, test_database, test_engine
+from tests.fixtures.database import (
+    db,
+    drop_this_workers_databases,
+    e2e_database,
+    e2e_engine,
+    test_database,
+    test_engine,
+)
 from tests.fixtures.processes import processes
 from tests.fixtures.proxy import db_proxy
 from tests.fixtures.redis import e2e_redis, redis
@@ -14,6 +21,7 @@ __all__ = [
     "client",
     "db",
     "db_proxy",
+    "drop_this_workers_databases",
     "e2e_database",
     "e2e_engine",
     "e2e_redis",

@@ -53,7 +53,7 @@ from shared.db import make_engine, make_sessionmaker
 from shared.logs import configure_logging
 from shared.schema import SchemaNotCurrentError, ensure_schema_current
 from shared.settings import settings
-from worker import heartbeat, metrics
+from worker import heartbeat, metrics, visibility
 
 T = TypeVar("T")
 
@@ -75,19 +75,10 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     task_soft_time_limit=settings.task_soft_time_limit,
     task_time_limit=settings.task_time_limit,
-    # Redis redelivers an unacked message after the visibility timeout: it must outlast the
-    # longest task (the hard time limit), or a running task is delivered a second time.
-    broker_transport_options={
-        "visibility_timeout": settings.broker_visibility_timeout,
-        # kombu sweeps for messages past their visibility timeout every interval x throttle
-        # seconds (10 x 10 by default): a message a killed worker held came back up to 100 s
-        # late. One cheap ZRANGE every few seconds makes the timeout the actual delay.
-        "unacked_restore_interval": min(10, settings.broker_visibility_timeout),
-        "unacked_restore_throttle": 1,
-        "socket_connect_timeout": 5,
-        "socket_timeout": 30,
-    },
-    result_backend_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
+    # Redis redelivers an unacked message after the visibility timeout. It is short (30 s) and
+    # every live worker renews the messages it holds: worker.visibility adds the timeout, the
+    # sweep's cadence and the renewal step.
+    broker_transport_options={"socket_connect_timeout": 5, "socket_timeout": 30},
     # Losing the broker connection loses the acks of running late-ack tasks: they will be
     # redelivered, so stop them rather than let two copies run.
     worker_cancel_long_running_tasks_on_connection_loss=True,
@@ -151,6 +142,7 @@ app.conf.beat_schedule = {
 }
 
 heartbeat.install(app)
+visibility.install(app)
 metrics.install()
 
 

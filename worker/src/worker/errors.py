@@ -39,3 +39,12 @@ def is_transient(exc: BaseException) -> bool:
 
 def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_LIMIT]
+
+
+class RunSupersededError(Exception):
+    """The run was claimed again (its message went to another worker while this one was dead
+    to the broker, frozen or cut off), or finished, since this attempt claimed it: this attempt
+    must not commit an effect or record an outcome."""
+
+    def __init__(self, attempt: int) -> None:
+        super().__init__(f"attempt {attempt} is no longer the run's current attempt")
