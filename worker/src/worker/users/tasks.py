@@ -18,6 +18,7 @@ from shared.contracts import (
 )
 from shared.models import User
 from shared.settings import settings
+from shared.users.addresses import smtp_address
 from worker.celery_app import app, db_or_task_session
 from worker.errors import ClaimHeld
 from worker.recording import run_recorded
@@ -92,7 +93,7 @@ async def send_welcome_email_core(
                 raise ClaimHeld("another run is sending this user's welcome email")
             return False  # no such user, or its welcome email went out
         try:
-            await deliver(email.welcome_message(claimed.email, claimed.full_name))
+            await deliver(email.welcome_message(smtp_address(claimed.email), claimed.full_name))
         except BaseException:
             with contextlib.suppress(Exception):
                 await session.rollback()
