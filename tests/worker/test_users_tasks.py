@@ -10,6 +10,7 @@ from shared.contracts import NoArgs, SendWelcomeEmailArgs
 from shared.models import User
 from shared.settings import settings
 from tests.fixtures.smtp import Mailbox
+from tests.fixtures.users import insert_users
 from worker.users.tasks import deactivate_inactive_users_core, send_welcome_email_core
 
 
@@ -20,17 +21,11 @@ def mail_to(smtp_server: Mailbox, monkeypatch: pytest.MonkeyPatch) -> Mailbox:
     return smtp_server
 
 
-async def add_user(db: AsyncSession, email: str = "grace@example.com", **values: object) -> User:
-    user = User(email=email, full_name="Grace Hopper", **values)
-    db.add(user)
-    await db.flush()
-    return user
-
-
 async def test_welcome_email_is_sent_once_with_text_and_html(
     db: AsyncSession, mail_to: Mailbox
 ) -> None:
-    user = await add_user(db)
+    [user_id] = await insert_users(db, "grace@example.com", full_name="Grace Hopper")
+    user = await db.get_one(User, user_id)
     assert await send_welcome_email_core(SendWelcomeEmailArgs(user_id=user.id), db) is True
     assert await send_welcome_email_core(SendWelcomeEmailArgs(user_id=user.id), db) is False
 
@@ -52,7 +47,8 @@ async def test_an_unreachable_mail_server_is_an_error_and_nothing_is_marked(
     db: AsyncSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(settings, "smtp_port", 9)  # discard port: nothing listens
-    user = await add_user(db)
+    [user_id] = await insert_users(db, "grace@example.com", full_name="Grace Hopper")
+    user = await db.get_one(User, user_id)
     with pytest.raises(OSError, match="connect"):
         await send_welcome_email_core(SendWelcomeEmailArgs(user_id=user.id), db)
     await db.refresh(user)
