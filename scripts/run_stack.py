@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -95,7 +96,8 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    # The worker's pool children write their metrics here for its main process to serve.
+    # The worker's pool children write their metrics here for its main process to serve;
+    # removed once the stack stopped (Ctrl-C and SIGTERM included): no run leaves it behind.
     metrics_dir = tempfile.mkdtemp(prefix="worker-metrics-")
     worker_env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     children = [
@@ -122,6 +124,7 @@ def main() -> int:
             break
     print("[run] stopping", flush=True)
     stop(children)
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return exit_code
 
 

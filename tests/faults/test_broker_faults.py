@@ -232,4 +232,4 @@ async def test_a_run_cut_off_by_a_redis_restart_is_repaired_after_its_time_limit
         name = await conn.scalar(select(User.full_name).where(User.id == user_id))
     print(f"\ncut off in flight; succeeded {repaired_in:.1f}s later; restarted: {restarted}")
     assert run.attempts == 2  # the cancelled attempt, then the repaired one
-    assert name == "U 0+"  # the cancelled attempt's uncommitted update is gone: applied once
+    assert name == "cut0+"  # the cancelled attempt's uncommitted update is gone: applied once

@@ -116,7 +116,7 @@ async def test_sigterm_lets_the_running_task_finish_and_nothing_comes_back(
     assert (await runs_by_id(e2e_engine, [run_id]))[run_id].attempts == 1
     async with e2e_engine.connect() as conn:
         name = await conn.scalar(select(User.full_name).where(User.id == user_id))
-    assert name == "U 0+"
+    assert name == "term0+"
     await close(redis)
 
 

@@ -120,4 +120,4 @@ async def test_a_run_delivered_past_the_bound_is_failed_and_not_run(
     assert "not run again" in failed.error
     async with e2e_engine.connect() as conn:
         name = await conn.scalar(select(User.full_name).where(User.id == user_id))
-    assert name == "R"  # the task's effect never happened
+    assert name == "poison"  # the task's effect never happened
