@@ -1,8 +1,10 @@
 """The users tasks' async cores, on a real session that is rolled back after each test."""
 
 from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
 
 import pytest
+from aiosmtplib import SMTPNotSupported
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -55,6 +57,42 @@ async def test_an_unreachable_mail_server_is_an_error_and_nothing_is_marked(
     user = await add_user(db)
     with pytest.raises(OSError, match="connect"):
         await send_welcome_email_core(SendWelcomeEmailArgs(user_id=user.id), db)
+    await db.refresh(user)
+    assert user.welcome_email_sent_at is None
+
+
+async def test_a_unicode_domain_stored_before_idna_is_mailed_in_its_idna_form(
+    db: AsyncSession, mail_to: Mailbox
+) -> None:
+    """A row written before domains were stored as IDNA: its run, retried, now succeeds on a
+    server without SMTPUTF8 (the one the failure came from)."""
+    user = await add_user(db, "zoe@exämple.com")
+    assert await send_welcome_email_core(SendWelcomeEmailArgs(user_id=user.id), db) is True
+    [message] = mail_to.to("zoe@xn--exmple-cua.com")
+    assert message["Subject"] == "Welcome aboard"
+
+
+async def test_a_non_ascii_local_part_is_sent_with_smtputf8(
+    db: AsyncSession, smtputf8_server: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "smtp_host", "127.0.0.1")
+    monkeypatch.setattr(settings, "smtp_port", smtputf8_server.port)
+    user = await add_user(db, "zoë@xn--exmple-cua.com")
+    assert await send_welcome_email_core(SendWelcomeEmailArgs(user_id=user.id), db) is True
+    [message] = smtputf8_server.wait_for(1)
+    # Parsed again as UTF-8 headers (the fixture's parser keeps the raw bytes escaped).
+    reparsed = message_from_bytes(message.as_bytes(), policy=policy.SMTPUTF8)
+    assert reparsed["To"] == "zoë@xn--exmple-cua.com"
+
+
+async def test_a_non_ascii_local_part_fails_on_a_server_without_smtputf8(
+    db: AsyncSession, mail_to: Mailbox
+) -> None:
+    """What SMTP_UTF8=true against such a server leads to: the run fails, nothing is marked."""
+    user = await add_user(db, "zoë@example.com")
+    with pytest.raises(SMTPNotSupported, match="SMTPUTF8"):
+        await send_welcome_email_core(SendWelcomeEmailArgs(user_id=user.id), db)
+    assert mail_to.messages == []
     await db.refresh(user)
     assert user.welcome_email_sent_at is None
 

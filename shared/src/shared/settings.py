@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # partitioned worker), releasing its row locks for the worker its runs went to.
     worker_idle_in_transaction_timeout: float = Field(default=30.0, gt=0)
     mail_from: str = "Backend <no-reply@example.com>"
+    # Does the mail server offer SMTPUTF8? The API has no SMTP client to ask, and only such a
+    # server can deliver to an address whose local part is not ASCII (shared.users.addresses).
+    smtp_utf8: bool = False
 
     admin_token: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
     api_tokens: Annotated[list[SecretStr], NoDecode] = [SecretStr(DEV_API_TOKEN)]

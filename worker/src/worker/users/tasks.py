@@ -15,6 +15,7 @@ from shared.contracts import (
 )
 from shared.models import User
 from shared.settings import settings
+from shared.users.addresses import smtp_address
 from worker.celery_app import app, db_or_task_session
 from worker.recording import run_recorded
 from worker.users import email
@@ -42,7 +43,7 @@ async def send_welcome_email_core(
         user = await session.scalar(select(User).where(User.id == args.user_id).with_for_update())
         if user is None or user.welcome_email_sent_at is not None:
             return False
-        await email.send(email.welcome_message(user.email, user.full_name))
+        await email.send(email.welcome_message(smtp_address(user.email), user.full_name))
         user.welcome_email_sent_at = datetime.now(UTC)
         await session.flush()
         return True
