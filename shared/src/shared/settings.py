@@ -82,11 +82,24 @@ class Settings(BaseSettings):
     beat_lock_timeout: int = Field(default=15, ge=2)
     beat_max_loop_interval: int = Field(default=5, ge=1)
 
-    # Liveness files for the probes (worker.probe reads HEARTBEAT_DIR itself, from the
-    # environment only). Beat touches its file every tick (at most BEAT_MAX_LOOP_INTERVAL apart);
-    # the worker's main process touches its file every HEARTBEAT_INTERVAL seconds.
+    # Which kind of worker this process is (worker.kinds: `concurrent` or `prefork`). It names
+    # the worker's heartbeat files and its `worker` label in the metrics, so two workers on one
+    # host (make run) never share a file.
+    worker_name: str = Field(default="worker", pattern=r"^[a-z][a-z0-9-]{0,39}$")
+
+    # Metrics servers. A pod must listen on all interfaces (0.0.0.0) for Prometheus to scrape
+    # it; a laptop keeps them on the loopback. Under `make run` both workers share the host's
+    # ports: the concurrent one serves on WORKER_METRICS_PORT, the prefork one on
+    # PREFORK_METRICS_PORT (in a pod every worker has its own network: WORKER_METRICS_PORT).
+    metrics_bind_address: str = "127.0.0.1"
     worker_metrics_port: int = Field(default=9808, ge=1, le=65535)
     beat_metrics_port: int = Field(default=9809, ge=1, le=65535)
+    prefork_metrics_port: int = Field(default=9810, ge=1, le=65535)
+
+    # Liveness files for the probes (worker.probe reads HEARTBEAT_DIR and WORKER_NAME itself,
+    # from the environment only). Beat touches its file every tick (at most
+    # BEAT_MAX_LOOP_INTERVAL apart); the worker's main process touches its file every
+    # HEARTBEAT_INTERVAL seconds.
 
     heartbeat_dir: str = "/tmp"  # noqa: S108 - an emptyDir in the pods, plain /tmp on a laptop
     heartbeat_interval: float = Field(default=5.0, gt=0)
