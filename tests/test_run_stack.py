@@ -13,8 +13,9 @@ import httpx
 import psutil
 
 from tests.fixtures.api import ADMIN, CLIENT
+from tests.fixtures.ports import free_port
 from tests.fixtures.processes import FAST_RELAY, Proc, Processes, run_probe
-from tests.fixtures.smtp import Mailbox, free_port, smtp_env
+from tests.fixtures.smtp import Mailbox, smtp_env
 from tests.fixtures.waiting import wait_until
 from worker.kinds import CONCURRENT, KINDS, PREFORK
 
