@@ -49,10 +49,15 @@ class Settings(BaseSettings):
     smtp_password: SecretStr = SecretStr("")
     smtp_starttls: bool = False
     smtp_timeout: float = Field(default=10.0, gt=0)
+    # Open SMTP sessions each worker process keeps and reuses (worker.smtp).
+    smtp_pool_size: int = Field(default=50, ge=1, le=500)
     # PostgreSQL ends a worker session left idle inside a transaction this long (a frozen or
     # partitioned worker), releasing its row locks for the worker its runs went to.
     worker_idle_in_transaction_timeout: float = Field(default=30.0, gt=0)
     mail_from: str = "Backend <no-reply@example.com>"
+    # Does the mail server offer SMTPUTF8? The API has no SMTP client to ask, and only such a
+    # server can deliver to an address whose local part is not ASCII (shared.users.addresses).
+    smtp_utf8: bool = False
 
     admin_token: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
     api_tokens: Annotated[list[SecretStr], NoDecode] = [SecretStr(DEV_API_TOKEN)]
