@@ -14,7 +14,7 @@ from tests.fixtures.database import (
 from tests.fixtures.processes import processes
 from tests.fixtures.proxy import db_proxy
 from tests.fixtures.redis import e2e_redis, redis
-from tests.fixtures.smtp import smtp_server
+from tests.fixtures.smtp import smtp_server, smtputf8_server
 
 __all__ = [
     "api_app",
@@ -28,6 +28,7 @@ __all__ = [
     "processes",
     "redis",
     "smtp_server",
+    "smtputf8_server",
     "test_database",
     "test_engine",
 ]

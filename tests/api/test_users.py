@@ -13,6 +13,7 @@ from api.main import create_app
 from shared.contracts import SEND_WELCOME_EMAIL
 from shared.db import make_sessionmaker
 from shared.models import TaskRun, TaskState, User
+from shared.settings import settings
 from tests.fixtures.api import ADMIN, CLIENT
 from tests.fixtures.cursors import forged_cursor
 
@@ -74,6 +75,23 @@ async def test_invalid_input_is_422(client: AsyncClient, body: dict[str, object]
     response = await client.post("/users", json=body, headers=CLIENT)
     assert response.status_code == 422
     assert "detail" in response.json()
+
+
+async def test_a_non_ascii_local_part_is_422_unless_the_mail_server_takes_smtputf8(
+    client: AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refused = await client.post(
+        "/users", json={"email": "zoë@exämple.com", "full_name": "Zoë"}, headers=CLIENT
+    )
+    assert refused.status_code == 422
+    [error] = refused.json()["detail"]
+    assert error["loc"] == ["body", "email"]
+    assert "SMTPUTF8" in error["msg"]
+    assert "before the @" in error["msg"]
+
+    monkeypatch.setattr(settings, "smtp_utf8", True)
+    accepted = await create(client, "zoë@exämple.com")
+    assert accepted["email"] == "zoë@xn--exmple-cua.com"
 
 
 async def test_sql_looking_and_unicode_names_are_stored_verbatim(client: AsyncClient) -> None:
@@ -300,18 +318,19 @@ async def test_a_cursor_at_the_ends_of_the_id_range_is_an_empty_or_full_page(
 @pytest.mark.parametrize(
     ("given", "stored"),
     [
-        ("ada@bücher.de", "ada@bücher.de"),  # IDN domain
-        ("ada@xn--bcher-kva.de", "ada@bücher.de"),  # the same domain in punycode
+        ("ada@bücher.de", "ada@xn--bcher-kva.de"),  # IDN domain, stored in IDNA
+        ("ada@xn--bcher-kva.de", "ada@xn--bcher-kva.de"),  # the same domain in punycode
         ("josé@example.com", "josé@example.com"),  # internationalized local part
-        ("用户@例子.广告", "用户@例子.广告"),
+        ("用户@例子.广告", "用户@xn--fsqu00a.xn--4rr70v"),
         ("🎉@example.com", "🎉@example.com"),
         ("e\u0301@example.com", "\u00e9@example.com"),  # decomposed é, stored composed (NFC)
-        ("Ada@ÉXAMPLE.COM", "Ada@éxample.com"),  # the domain lowercased, the local part kept
+        ("Ada@ÉXAMPLE.COM", "Ada@xn--xample-9ua.com"),  # the domain lowercased, the local part kept
     ],
 )
 async def test_unicode_emails_are_normalized_and_stored(
-    client: AsyncClient, given: str, stored: str
+    client: AsyncClient, given: str, stored: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(settings, "smtp_utf8", True)  # a mail server that takes any of these
     created = await create(client, given)
     assert created["email"] == stored
     fetched = await client.get(f"/users/{created['id']}", headers=CLIENT)

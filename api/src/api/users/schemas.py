@@ -4,11 +4,21 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 from api.text import Printable, Trimmed
-from shared.models.users import FULL_NAME_MAX_LENGTH
+from shared.models.users import EMAIL_MAX_LENGTH, FULL_NAME_MAX_LENGTH
+from shared.settings import settings
+from shared.users.addresses import stored_address
 from shared.users.service import UserChange
 
 # The limits sit on the string itself, inside the validators (Trimmed still runs first): after
@@ -16,15 +26,32 @@ from shared.users.service import UserChange
 FullName = Annotated[
     str, StringConstraints(min_length=1, max_length=FULL_NAME_MAX_LENGTH), Trimmed, Printable
 ]
-# Trimmed, then checked and normalized by email-validator (no DNS lookups). Uniqueness ignores
-# case: the database has a unique index on lower(email).
-Email = Annotated[EmailStr, Trimmed]
+
+
+def _deliverable(value: str) -> str:
+    return stored_address(value, smtputf8=settings.smtp_utf8)
+
+
+# Trimmed, then checked by email-validator (no DNS lookups) and put in the stored form: the
+# domain in IDNA, lower case; the local part as typed (shared.users.addresses). Uniqueness
+# ignores case: the database has a unique index on lower(email).
+Email = Annotated[
+    str,
+    StringConstraints(max_length=EMAIL_MAX_LENGTH),
+    Trimmed,
+    AfterValidator(_deliverable),
+    WithJsonSchema({"type": "string", "format": "email", "maxLength": EMAIL_MAX_LENGTH}),
+]
 
 
 class UserCreateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    email: Email
+    email: Email = Field(
+        description="Stored and returned with its domain in IDNA (lower case) and its local part "
+        "as typed; a local part that is not ASCII is accepted only when the mail server offers "
+        "SMTPUTF8 (setting SMTP_UTF8), else 422"
+    )
     full_name: FullName
 
 
