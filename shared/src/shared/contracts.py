@@ -52,8 +52,13 @@ class TaskContract(Generic[ArgsT, ResultT]):
     queue: Queue
     enqueueable: bool  # may an admin enqueue it through POST /tasks?
     description: str = ""  # one line, shown by GET /task-types
+    # Seconds a run may take before it is cancelled (None: TASK_SOFT_TIME_LIMIT), and whether
+    # such a run is retried (RETRYING, with backoff) or recorded FAILED.
+    soft_time_limit: float | None = None
+    retry_on_time_limit: bool = False
 
 
+# A welcome email cut off by its time limit was waiting on a slow network: try it again.
 SEND_WELCOME_EMAIL = TaskContract(
     "users.send_welcome_email",
     SendWelcomeEmailArgs,
@@ -61,6 +66,7 @@ SEND_WELCOME_EMAIL = TaskContract(
     Queue.DEFAULT,
     enqueueable=True,
     description="Send a user the welcome email once; false when there was nothing to send.",
+    retry_on_time_limit=True,
 )
 DEACTIVATE_INACTIVE_USERS = TaskContract(
     "users.deactivate_inactive_users",

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     smtp_password: SecretStr = SecretStr("")
     smtp_starttls: bool = False
     smtp_timeout: float = Field(default=10.0, gt=0)
+    # Open SMTP sessions each worker process keeps and reuses (worker.smtp).
+    smtp_pool_size: int = Field(default=50, ge=1, le=500)
     # PostgreSQL ends a worker session left idle inside a transaction this long (a frozen or
     # partitioned worker), releasing its row locks for the worker its runs went to.
     worker_idle_in_transaction_timeout: float = Field(default=30.0, gt=0)

@@ -15,6 +15,12 @@ from shared.broker import PublishError
 
 ERROR_TEXT_LIMIT = 2000
 
+
+class ClaimHeld(Exception):
+    """Another run holds the claim on what this run would change (it is sending the same
+    welcome email right now): try again later, when that run finished or its claim expired."""
+
+
 _TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,  # includes ConnectionError: refused, reset
     TimeoutError,
@@ -26,6 +32,7 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     SMTPReadTimeoutError,
     SMTPServerDisconnected,
     PublishError,
+    ClaimHeld,
 )
 
 

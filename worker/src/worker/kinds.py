@@ -10,9 +10,9 @@ kinds with `command()`; tests/deploy checks that the files say the same. Each ki
 WORKER_NAME set to its name, which names its heartbeat files, its `worker` metrics label and,
 through `-n <name>@%h`, its Celery node.
 
-Until the worker can keep many runs in flight per process, the concurrent kind runs the same
-prefork pool as the batch kind, on its own queue: the split already keeps batches and emails
-apart, and its capacity is its concurrency.
+The concurrent kind keeps up to 100 runs in flight in one process, on one event loop
+(`-P threads`: see worker.celery_app and worker.concurrent), with at most WORKER_DB_POOL_SIZE
+database connections and SMTP_POOL_SIZE SMTP sessions whatever that number.
 """
 
 from __future__ import annotations
@@ -45,6 +45,6 @@ class WorkerKind:
         ]  # fmt: skip
 
 
-CONCURRENT = WorkerKind("concurrent", (Queue.DEFAULT,), pool="prefork", concurrency=2)
+CONCURRENT = WorkerKind("concurrent", (Queue.DEFAULT,), pool="threads", concurrency=100)
 PREFORK = WorkerKind("prefork", (Queue.MAINTENANCE,), pool="prefork", concurrency=2)
 KINDS = (CONCURRENT, PREFORK)

@@ -19,6 +19,7 @@ A failure is recorded in a transaction of its own, after the work's transaction 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -28,7 +29,7 @@ from functools import cache
 from typing import Any, Generic, TypeVar
 
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 from pydantic import TypeAdapter
 from sqlalchemy import bindparam, func, select, update
@@ -65,6 +66,7 @@ class RunContext:
     request_id: str | None
     retries: int
     max_retries: int
+    soft_time_limit: float = settings.task_soft_time_limit
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,7 @@ async def _run_claimed(
     core: Core[ArgsT, ResultT],
 ) -> Outcome[ResultT]:
     attempt = claimed.attempts
+    limit = asyncio.timeout(run.soft_time_limit)
     try:
         if attempt > settings.task_max_attempts:
             error = RuntimeError(f"delivered {attempt} times without finishing: not run again")
@@ -235,15 +238,23 @@ async def _run_claimed(
             return Failed(error)
         async with get_task_session() as db:
             args = contract.args.model_validate(run.kwargs)
-            value = await core(args, db)
+            # On the shared loop the core is cancelled at its soft limit; the other runs in
+            # flight go on. The effect and SUCCEEDED commit together, or neither does.
+            async with limit:
+                value = await core(args, db)
             result = _results(contract).dump_python(value, mode="json")
             await record_success(db, run.id, attempt, result)
         return Done(value)
     except RunSupersededError as superseded:
         return Superseded(superseded)
-    except Exception as exc:
+    except Exception as caught:
+        exc: Exception = caught
+        retryable = is_transient(exc)
+        if limit.expired():
+            exc = SoftTimeLimitExceeded(f"cut off after its time limit of {run.soft_time_limit} s")
+            retryable = contract.retry_on_time_limit
         outcome: RetryLater | Failed
-        if is_transient(exc) and run.retries < run.max_retries:
+        if retryable and run.retries < run.max_retries:
             outcome, state, extra = (
                 RetryLater(exc, _backoff(run.retries)),
                 TaskState.RETRYING,
@@ -314,6 +325,7 @@ def run_recorded(
         request_id=getattr(request, REQUEST_ID_HEADER, None),
         retries=request.retries or 0,
         max_retries=task.max_retries or 0,
+        soft_time_limit=contract.soft_time_limit or settings.task_soft_time_limit,
     )
     outcome = run_async(execute(run, contract, core))
     if isinstance(outcome, RetryLater):
