@@ -54,6 +54,7 @@ class Process:
     name: str
     image: str  # backend-api or backend-worker
     argv: list[str]
+    env: dict[str, str]  # the `NAME=value` items beside the command
 
     @property
     def queues(self) -> set[str]:
@@ -62,13 +63,18 @@ class Process:
         return set(self.argv[self.argv.index("-Q") + 1].split(","))
 
 
+ROW = re.compile(r"^\| (?P<name>[\w-]+) \| `(?P<image>backend-\w+)` \| (?P<cell>[^|]+) \|")
+ENV_ITEM = re.compile(r"^([A-Z][A-Z0-9_]*)=(\S*)$")
+
+
 def documented_processes() -> list[Process]:
-    row = re.compile(r"^\| (?P<name>[\w-]+) \| `(?P<image>backend-\w+)` \| `(?P<command>[^`]+)`")
-    found = [
-        Process(m["name"], m["image"], shlex.split(m["command"]))
-        for line in DEPLOY_DOC.read_text().splitlines()
-        if (m := row.match(line))
-    ]
+    found: list[Process] = []
+    for line in DEPLOY_DOC.read_text().splitlines():
+        if (row := ROW.match(line)) is None:
+            continue
+        command, *items = re.findall(r"`([^`]+)`", row["cell"])
+        env = {m[1]: m[2] for item in items if (m := ENV_ITEM.match(item))}
+        found.append(Process(row["name"], row["image"], shlex.split(command), env))
     if not any(p.name == "migrate" for p in found) or not any(p.queues for p in found):
         raise RuntimeError(f"no process table with migrate and a worker in {DEPLOY_DOC}")
     return found
@@ -237,7 +243,9 @@ def smoke_test(engine: Engine, images: Images) -> None:
             own = {"WORKER_METRICS_PORT": str(free_port()), "BEAT_METRICS_PORT": str(free_port())}
             if process.queues:  # a worker: its pool children write metrics there (as compose)
                 own["PROMETHEUS_MULTIPROC_DIR"] = "/tmp/prometheus"  # noqa: S108
-            containers.start(process.name, image_for[process.image], process.argv, env | own)
+            containers.start(
+                process.name, image_for[process.image], process.argv, env | own | process.env
+            )
         running = [p for p in processes if p.name in containers.ids]
 
         base = f"http://127.0.0.1:{api_port}"

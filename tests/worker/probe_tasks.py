@@ -70,3 +70,15 @@ async def _slow_update(args: SlowUpdateArgs, db: AsyncSession) -> int:
     report({"started": os.getpid()})
     await asyncio.sleep(args.seconds)
     return 1
+
+
+RETRY_ONCE = "tests.retry_once"
+
+
+@app.task(name=RETRY_ONCE, bind=True, max_retries=1)
+def retry_once(self: Task[Any, Any], /, countdown: float) -> None:
+    """Reports each delivery it runs, and asks for one retry after `countdown` seconds: the
+    retry waits out its countdown in a worker's hands (an ETA message, unacked all along)."""
+    report({"retry_once": self.request.retries, "pid": os.getpid()})
+    if not self.request.retries:
+        raise self.retry(countdown=countdown)

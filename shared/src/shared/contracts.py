@@ -51,10 +51,20 @@ class TaskContract(Generic[ArgsT, ResultT]):
     result: type[ResultT]
     queue: Queue
     enqueueable: bool  # may an admin enqueue it through POST /tasks?
+    # Seconds a run may take before it is cancelled (None: TASK_SOFT_TIME_LIMIT), and whether
+    # such a run is retried (RETRYING, with backoff) or recorded FAILED.
+    soft_time_limit: float | None = None
+    retry_on_time_limit: bool = False
 
 
+# A welcome email cut off by its time limit was waiting on a slow network: try it again.
 SEND_WELCOME_EMAIL = TaskContract(
-    "users.send_welcome_email", SendWelcomeEmailArgs, bool, Queue.DEFAULT, enqueueable=True
+    "users.send_welcome_email",
+    SendWelcomeEmailArgs,
+    bool,
+    Queue.DEFAULT,
+    enqueueable=True,
+    retry_on_time_limit=True,
 )
 DEACTIVATE_INACTIVE_USERS = TaskContract(
     "users.deactivate_inactive_users", NoArgs, int, Queue.MAINTENANCE, enqueueable=True
