@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.errors import SEND_JSON
 from shared.beat import SCHEDULE_KEY
+from shared.contracts import CONTRACTS, PRUNE_LOGS, RELAY_OUTBOX, SEND_WELCOME_EMAIL, Queue
 from shared.models import TaskRun, TaskState
 from tests.fixtures.api import ADMIN, CLIENT
 
@@ -301,3 +302,50 @@ async def test_bodies_over_64_kib_are_413_on_every_route_that_takes_one(
     )
     assert response.status_code == 413
     assert response.json() == {"detail": "request body larger than 65536 bytes"}
+
+
+async def test_task_types_lists_every_task_post_tasks_accepts_with_its_schemas(
+    client: AsyncClient,
+) -> None:
+    assert (await client.get("/task-types", headers=CLIENT)).status_code == 403
+    response = await client.get("/task-types", headers=ADMIN)
+    assert response.status_code == 200
+    types = {t["name"]: t for t in response.json()}
+    assert set(types) == {c.name for c in CONTRACTS.values() if c.enqueueable}
+    assert RELAY_OUTBOX.name not in types
+    for task in types.values():
+        assert task["queue"] in {q.value for q in Queue}
+        assert task["description"]
+        assert task["args_schema"]["type"] == "object"
+        assert task["args_schema"]["additionalProperties"] is False
+    prune = types[PRUNE_LOGS.name]
+    assert prune["queue"] == "maintenance"
+    assert prune["args_schema"]["required"] == ["days"]
+    assert prune["args_schema"]["properties"]["days"]["maximum"] == 36_500
+    assert prune["result_schema"] == {"type": "integer"}
+    assert types[SEND_WELCOME_EMAIL.name]["result_schema"] == {"type": "boolean"}
+
+
+async def test_post_tasks_accepts_what_each_task_types_schema_says(client: AsyncClient) -> None:
+    """No arguments at all: accepted exactly for the tasks whose schema requires none."""
+    for task in (await client.get("/task-types", headers=ADMIN)).json():
+        response = await client.post(
+            "/tasks", json={"name": task["name"], "kwargs": {}}, headers=ADMIN
+        )
+        expected = 422 if task["args_schema"].get("required") else 202
+        assert response.status_code == expected, (task["name"], response.text)
+
+
+async def test_the_openapi_example_of_post_tasks_is_accepted_as_it_stands(
+    client: AsyncClient, db: AsyncSession
+) -> None:
+    document = (await client.get("/openapi.json")).json()
+    examples = document["paths"]["/tasks"]["post"]["requestBody"]["content"]["application/json"]
+    values = [example["value"] for example in examples["examples"].values()]
+    assert values
+    for value in values:
+        response = await client.post("/tasks", json=value, headers=ADMIN)
+        assert response.status_code == 202, response.text
+        run = await db.get(TaskRun, uuid.UUID(response.json()["id"]))
+        assert run is not None
+        assert run.kwargs == value["kwargs"]

@@ -452,9 +452,11 @@ def test_docs_budget_matches_the_prod_overlay() -> None:
         name = f"backend-worker-{kind.name}"
         worker_max = find(manifests, "ScaledObject", name)["spec"]["maxReplicaCount"]
         command = container(find(manifests, "Deployment", name))["command"]
-        children = int(command[command.index("-c") + 1])
-        worker_total = worker_max * children * child_pool
+        # A prefork child has its own pool; a threads-pool worker is one process, one pool.
+        pool_kind = command[command.index("-P") + 1]
+        processes = int(command[command.index("-c") + 1]) if pool_kind == "prefork" else 1
+        worker_total = worker_max * processes * child_pool
         total += worker_total
-        row = f"| {kind.name} worker (KEDA max) | {worker_max} | {children} {times} {child_pool} |"
+        row = f"| {kind.name} worker (KEDA max) | {worker_max} | {processes} {times} {child_pool} |"
         assert f"{row} {worker_total} |" in docs
     assert f"| **steady maximum** | | | **{total}** |" in docs

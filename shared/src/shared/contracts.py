@@ -33,11 +33,11 @@ BIGINT_MAX = 2**63 - 1
 
 
 class SendWelcomeEmailArgs(TaskArgs):
-    user_id: int = Field(ge=1, le=BIGINT_MAX)
+    user_id: int = Field(ge=1, le=BIGINT_MAX, description="The user to welcome")
 
 
 class PruneLogsArgs(TaskArgs):
-    days: int = Field(ge=1, le=36_500)
+    days: int = Field(ge=1, le=36_500, description="Keep finished runs younger than this")
 
 
 ArgsT = TypeVar("ArgsT", bound=TaskArgs)
@@ -51,6 +51,7 @@ class TaskContract(Generic[ArgsT, ResultT]):
     result: type[ResultT]
     queue: Queue
     enqueueable: bool  # may an admin enqueue it through POST /tasks?
+    description: str = ""  # one line, shown by GET /task-types
     # Seconds a run may take before it is cancelled (None: TASK_SOFT_TIME_LIMIT), and whether
     # such a run is retried (RETRYING, with backoff) or recorded FAILED.
     soft_time_limit: float | None = None
@@ -64,15 +65,33 @@ SEND_WELCOME_EMAIL = TaskContract(
     bool,
     Queue.DEFAULT,
     enqueueable=True,
+    description="Send a user the welcome email once; false when there was nothing to send.",
     retry_on_time_limit=True,
 )
 DEACTIVATE_INACTIVE_USERS = TaskContract(
-    "users.deactivate_inactive_users", NoArgs, int, Queue.MAINTENANCE, enqueueable=True
+    "users.deactivate_inactive_users",
+    NoArgs,
+    int,
+    Queue.MAINTENANCE,
+    enqueueable=True,
+    description="Deactivate users idle for more than 90 days; returns how many.",
 )
 PRUNE_LOGS = TaskContract(
-    "maintenance.prune_logs", PruneLogsArgs, int, Queue.MAINTENANCE, enqueueable=True
+    "maintenance.prune_logs",
+    PruneLogsArgs,
+    int,
+    Queue.MAINTENANCE,
+    enqueueable=True,
+    description="Delete finished task runs older than `days`; returns how many.",
 )
-RELAY_OUTBOX = TaskContract("outbox.relay", NoArgs, int, Queue.DEFAULT, enqueueable=False)
+RELAY_OUTBOX = TaskContract(
+    "outbox.relay",
+    NoArgs,
+    int,
+    Queue.DEFAULT,
+    enqueueable=False,
+    description="Publish runs the API could not, repair runs the broker lost; returns how many.",
+)
 
 AnyContract = TaskContract[TaskArgs, object]
 
