@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.contracts import PruneLogsArgs
 from shared.models import TaskRun, TaskState
 from worker.maintenance import tasks
-from worker.maintenance.tasks import prune_logs_core
+from worker.maintenance.tasks import prune_logs
 
 
 def run(state: TaskState, age: timedelta, now: datetime) -> TaskRun:
@@ -46,14 +46,14 @@ async def test_prunes_only_finished_runs_older_than_days(
     db.add_all(old + keep)
     await db.flush()
 
-    assert await prune_logs_core(PruneLogsArgs(days=30), db) == len(old)
-    assert await prune_logs_core(PruneLogsArgs(days=30), db) == 0
+    assert await prune_logs(PruneLogsArgs(days=30), db) == len(old)
+    assert await prune_logs(PruneLogsArgs(days=30), db) == 0
     left = set((await db.scalars(select(TaskRun.id))).all())
     assert left == {r.id for r in keep}
 
 
 async def test_prune_with_nothing_to_do(db: AsyncSession) -> None:
-    assert await prune_logs_core(PruneLogsArgs(days=1), db) == 0
+    assert await prune_logs(PruneLogsArgs(days=1), db) == 0
     assert await db.scalar(select(func.count()).select_from(TaskRun)) == 0
 
 

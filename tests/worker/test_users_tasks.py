@@ -10,7 +10,7 @@ from shared.contracts import NoArgs, SendWelcomeEmailArgs
 from shared.models import User
 from shared.settings import settings
 from tests.fixtures.smtp import Mailbox
-from worker.users.tasks import deactivate_inactive_users_core, send_welcome_email_core
+from worker.users.tasks import deactivate_inactive_users, send_welcome_email
 
 
 @pytest.fixture
@@ -31,8 +31,8 @@ async def test_welcome_email_is_sent_once_with_text_and_html(
     db: AsyncSession, mail_to: Mailbox
 ) -> None:
     user = await add_user(db)
-    assert await send_welcome_email_core(SendWelcomeEmailArgs(user_id=user.id), db) is True
-    assert await send_welcome_email_core(SendWelcomeEmailArgs(user_id=user.id), db) is False
+    assert await send_welcome_email(SendWelcomeEmailArgs(user_id=user.id), db) is True
+    assert await send_welcome_email(SendWelcomeEmailArgs(user_id=user.id), db) is False
 
     [message] = mail_to.to("grace@example.com")
     assert message["From"] == settings.mail_from
@@ -44,7 +44,7 @@ async def test_welcome_email_is_sent_once_with_text_and_html(
 async def test_welcome_email_for_an_unknown_user_returns_false(
     db: AsyncSession, mail_to: Mailbox
 ) -> None:
-    assert await send_welcome_email_core(SendWelcomeEmailArgs(user_id=987654), db) is False
+    assert await send_welcome_email(SendWelcomeEmailArgs(user_id=987654), db) is False
     assert mail_to.messages == []
 
 
@@ -54,7 +54,7 @@ async def test_an_unreachable_mail_server_is_an_error_and_nothing_is_marked(
     monkeypatch.setattr(settings, "smtp_port", 9)  # discard port: nothing listens
     user = await add_user(db)
     with pytest.raises(OSError, match="connect"):
-        await send_welcome_email_core(SendWelcomeEmailArgs(user_id=user.id), db)
+        await send_welcome_email(SendWelcomeEmailArgs(user_id=user.id), db)
     await db.refresh(user)
     assert user.welcome_email_sent_at is None
 
@@ -79,8 +79,8 @@ async def test_deactivates_users_idle_for_90_days_across_batches(db: AsyncSessio
             {"id": user_id, "email": email, "created": created_at, "seen": last_seen_at,
              "active": active},
         )  # fmt: skip
-    assert await deactivate_inactive_users_core(NoArgs(), db) == 2
-    assert await deactivate_inactive_users_core(NoArgs(), db) == 0
+    assert await deactivate_inactive_users(NoArgs(), db) == 2
+    assert await deactivate_inactive_users(NoArgs(), db) == 0
 
     users = {u.email: u for u in (await db.scalars(select(User))).all()}
     assert not users["idle@example.com"].is_active
@@ -92,4 +92,4 @@ async def test_deactivates_users_idle_for_90_days_across_batches(db: AsyncSessio
 
 
 async def test_deactivating_nobody_returns_zero(db: AsyncSession) -> None:
-    assert await deactivate_inactive_users_core(NoArgs(), db) == 0
+    assert await deactivate_inactive_users(NoArgs(), db) == 0
