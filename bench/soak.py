@@ -35,15 +35,16 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.databases import url_of
 from shared.db import make_engine
 from shared.models import TaskRun, TaskState, User
-from tests.environment import E2E_DATABASE_URL
 from tests.fixtures.api import CLIENT
-from tests.fixtures.database import create_migrated_database
+from tests.fixtures.ports import free_port
+from tests.fixtures.postgres import create_migrated_database
 from tests.fixtures.processes import Proc, Processes
-from tests.fixtures.smtp import Mailbox, free_port
+from tests.fixtures.smtp import Mailbox
 
-DATABASE = E2E_DATABASE_URL.set(database="backend_test_soak")
+DATABASE = url_of("backend_bench_soak")
 # Short enough that a killed worker's messages come back within the drain: the visibility
 # timeout (redelivery) and the hard limit (the relay's repair of a dead STARTED run) bound it.
 STACK_ENV = {
@@ -86,7 +87,8 @@ class Soak:
     def __init__(self, minutes: float, rate: float, work: Path) -> None:
         self.seconds = minutes * 60
         self.rate = rate
-        self.procs = Processes(work, DATABASE)
+        # REDIS_URL is set in start(), once the soak's own Redis runs.
+        self.procs = Processes(work, DATABASE, redis_url="")
         self.mailbox = Mailbox(port=free_port())
         self.figures = Figures()
         self.redis_port = 0
@@ -94,7 +96,7 @@ class Soak:
         self.beat: Proc | None = None
 
     def start(self) -> str:
-        create_migrated_database(DATABASE)
+        create_migrated_database(DATABASE, "bench")
         _, self.redis_port = self.procs.redis_server()
         self.procs.env.update(
             REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",

@@ -1,15 +1,23 @@
 """`make run`: the whole stack in the foreground, with readable interleaved logs.
 
-Starts the API (uvicorn), one worker consuming every queue, one beat and, unless SMTP_HOST is
-set, a local SMTP sink that prints the mail it receives. Each child runs in its own process
-group, so Ctrl-C or SIGTERM reaches this supervisor only, which stops the children in order:
-SIGTERM, a few seconds of grace, then SIGKILL to whatever is left of each group.
+Starts the API (uvicorn), both kinds of worker (worker.kinds: `concurrent` on the `default`
+queue, `prefork` on `maintenance`), one beat and, unless SMTP_HOST is set, a local SMTP sink
+that prints the mail it receives. Each child runs in its own process group, so Ctrl-C or SIGTERM
+reaches this supervisor only, which stops the children in order: SIGTERM, a few seconds of
+grace, then SIGKILL to whatever is left of each group; then it removes its temporary folder.
+
+The two workers share this host, so nothing of theirs may collide: each has its WORKER_NAME
+(its heartbeat files in HEARTBEAT_DIR), its metrics port (WORKER_METRICS_PORT for the concurrent
+one, PREFORK_METRICS_PORT for the prefork one) and a multiprocess metrics folder of its own
+under this run's temporary folder. A second stack beside this one needs another API_PORT, other
+metrics ports and another HEARTBEAT_DIR (README, "Two stacks on one machine").
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,15 +29,20 @@ from types import FrameType
 from typing import IO
 
 from shared.settings import settings
+from worker.kinds import CONCURRENT, KINDS, PREFORK, WorkerKind
 
 GRACE_SECONDS = 7.0
-COLORS = {"api": 36, "worker": 33, "beat": 35, "smtp": 32}
+COLORS = {"api": 36, CONCURRENT.name: 33, PREFORK.name: 34, "beat": 35, "smtp": 32}
 
 
 @dataclass
 class Child:
     name: str
     process: subprocess.Popen[bytes]
+
+
+def metrics_port(kind: WorkerKind) -> int:
+    return settings.prefork_metrics_port if kind is PREFORK else settings.worker_metrics_port
 
 
 def commands() -> dict[str, list[str]]:
@@ -39,10 +52,7 @@ def commands() -> dict[str, list[str]]:
             python, "-m", "uvicorn", "api.main:create_app", "--factory",
             "--host", "127.0.0.1", "--port", str(settings.api_port), "--no-access-log",
         ],
-        "worker": [
-            python, "-m", "celery", "-A", "worker.celery_app", "worker",
-            "-P", "prefork", "-c", "2", "-Q", "default,maintenance", "--loglevel", "INFO",
-        ],
+        **{kind.name: kind.command((python, "-m", "celery")) for kind in KINDS},
         "beat": [python, "-m", "celery", "-A", "worker.celery_app", "beat", "--loglevel", "INFO"],
     }  # fmt: skip
     if "SMTP_HOST" not in os.environ:
@@ -53,9 +63,22 @@ def commands() -> dict[str, list[str]]:
     return stack
 
 
+def environments(metrics_root: str) -> dict[str, dict[str, str]]:
+    """Each worker's own name, metrics port and multiprocess metrics folder."""
+    return {
+        kind.name: {
+            **os.environ,
+            "WORKER_NAME": kind.name,
+            "WORKER_METRICS_PORT": str(metrics_port(kind)),
+            "PROMETHEUS_MULTIPROC_DIR": os.path.join(metrics_root, kind.name),
+        }
+        for kind in KINDS
+    }
+
+
 def pump(name: str, stream: IO[bytes]) -> None:
-    prefix = f"\033[{COLORS.get(name, 37)}m{name:>6} |\033[0m " if sys.stdout.isatty() else ""
-    prefix = prefix or f"{name:>6} | "
+    prefix = f"\033[{COLORS.get(name, 37)}m{name:>10} |\033[0m " if sys.stdout.isatty() else ""
+    prefix = prefix or f"{name:>10} | "
     for line in iter(stream.readline, b""):
         sys.stdout.write(prefix + line.decode(errors="replace"))
         sys.stdout.flush()
@@ -95,34 +118,46 @@ def main() -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
-    # The worker's pool children write their metrics here for its main process to serve.
-    metrics_dir = tempfile.mkdtemp(prefix="worker-metrics-")
-    worker_env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
-    children = [
-        start(name, argv, worker_env if name == "worker" else dict(os.environ))
-        for name, argv in commands().items()
-    ]
+    # Each worker's pool children write their metrics in its folder here, for its main process
+    # to serve; removed when the stack stops.
+    metrics_root = tempfile.mkdtemp(prefix="backend-run-")
+    try:
+        return supervise(stopping, environments(metrics_root))
+    finally:
+        shutil.rmtree(metrics_root, ignore_errors=True)
+
+
+def supervise(stopping: threading.Event, worker_envs: dict[str, dict[str, str]]) -> int:
+    children: list[Child] = []
+    try:
+        for name, argv in commands().items():
+            children.append(start(name, argv, worker_envs.get(name, dict(os.environ))))
+        announce()
+        while not stopping.wait(0.5):
+            exited = [child for child in children if child.process.poll() is not None]
+            if exited:
+                child = exited[0]
+                print(f"[run] {child.name} exited with {child.process.returncode}", flush=True)
+                return 1
+        return 0
+    finally:
+        print("[run] stopping", flush=True)
+        stop(children)
+
+
+def announce() -> None:
     base = f"http://127.0.0.1:{settings.api_port}"
     print(
         f"[run] API {base}  docs {base}/docs  health {base}/healthz\n"
-        f"[run] metrics: worker :{settings.worker_metrics_port}"
-        f"  beat :{settings.beat_metrics_port}\n"
+        f"[run] metrics: {CONCURRENT.name} worker :{settings.worker_metrics_port}"
+        f"  {PREFORK.name} worker :{settings.prefork_metrics_port}"
+        f"  beat :{settings.beat_metrics_port}  (on {settings.metrics_bind_address})\n"
         f"[run] admin token: {settings.admin_token.get_secret_value()}"
         f"  client token: {settings.api_tokens[0].get_secret_value()}"
         if settings.environment == "development"
         else f"[run] API {base}",
         flush=True,
     )
-    exit_code = 0
-    while not stopping.wait(0.5):
-        exited = [child for child in children if child.process.poll() is not None]
-        if exited:
-            print(f"[run] {exited[0].name} exited with {exited[0].process.returncode}", flush=True)
-            exit_code = 1
-            break
-    print("[run] stopping", flush=True)
-    stop(children)
-    return exit_code
 
 
 if __name__ == "__main__":

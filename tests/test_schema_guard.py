@@ -7,7 +7,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from tests.environment import TEST_DATABASE_URL
-from tests.fixtures.database import recreate_database
+from tests.fixtures.postgres import recreate_database
 from tests.fixtures.processes import Processes
 from tests.fixtures.waiting import wait_until
 

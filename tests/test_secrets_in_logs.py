@@ -8,8 +8,9 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
+from tests.fixtures.ports import free_port
 from tests.fixtures.processes import Processes
-from tests.fixtures.smtp import Mailbox, free_port
+from tests.fixtures.smtp import Mailbox
 from tests.fixtures.waiting import wait_until
 
 SECRETS = {

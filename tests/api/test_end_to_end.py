@@ -85,3 +85,28 @@ async def test_broker_outage_sign_ups_still_succeed_and_every_email_arrives_once
     await eventually(all_done, 30, "every run to succeed")
     addresses = sorted(str(m["To"]) for m in smtp_server.messages)
     assert addresses == sorted(f"outage{i}@example.com" for i in range(40))
+
+
+async def test_an_idn_address_gets_its_welcome_through_a_server_without_smtputf8(
+    processes: Processes, smtp_server: Mailbox
+) -> None:
+    """The API stores the domain as IDNA, so the worker needs no SMTPUTF8 for it; an address
+    whose local part is not ASCII is refused up front (SMTP_UTF8 is off), not failed later."""
+    processes.env.update(smtp_env(smtp_server))
+    _, base = processes.api()
+    processes.worker()
+    async with httpx.AsyncClient(base_url=base, headers=CLIENT) as http:
+        created = await http.post("/users", json={"email": "zoe@exämple.com", "full_name": "Zoe"})
+        assert created.status_code == 201, created.text
+        user = created.json()
+        assert user["email"] == "zoe@xn--exmple-cua.com"
+        refused = await http.post("/users", json={"email": "zoë@example.com", "full_name": "Z"})
+        assert refused.status_code == 422
+        assert "SMTPUTF8" in refused.text
+
+        async def succeeded() -> bool:
+            run = (await http.get(f"/tasks/{user['welcome_run_id']}")).json()
+            return bool(run["state"] == "SUCCEEDED")
+
+        await eventually(succeeded, 30, "the welcome run to succeed")
+    assert len(smtp_server.to("zoe@xn--exmple-cua.com")) == 1

@@ -31,3 +31,16 @@ async def test_request_id_is_made_when_missing_and_refused_when_unsafe(
     assert len(made) == 32
     unsafe = await client.get("/healthz", headers={"X-Request-ID": "a b\tc"})
     assert unsafe.headers["X-Request-ID"] != "a b\tc"
+
+
+async def test_documentation_pages_are_counted_under_their_own_route(client: AsyncClient) -> None:
+    def count(text: str, route: str) -> float:
+        line = f'http_requests_total{{method="GET",route="{route}",status='
+        return sum(float(row.split()[-1]) for row in text.splitlines() if row.startswith(line))
+
+    before = (await client.get("/metrics")).text
+    for path in ("/docs", "/openapi.json", "/redoc", "/no-such-page"):
+        await client.get(path)
+    after = (await client.get("/metrics")).text
+    for route in ("/docs", "/openapi.json", "/redoc", "unmatched"):
+        assert count(after, route) == count(before, route) + 1, route

@@ -8,6 +8,7 @@ from httpx import AsyncClient
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from api.errors import SEND_JSON
 from shared.beat import SCHEDULE_KEY
 from shared.models import TaskRun, TaskState
 from tests.fixtures.api import ADMIN, CLIENT
@@ -248,8 +249,6 @@ async def test_sql_looking_filters_and_keys_are_only_data(
     ("content", "content_type"),
     [
         (b'{"name": "maintenance.prune_logs", "kwargs": ', "application/json"),
-        (b'{"name": "maintenance.prune_logs", "kwargs": {"days": 7}}', "text/plain"),
-        (b"name=maintenance.prune_logs", "application/x-www-form-urlencoded"),
         (b'{"name": "maintenance.prune_logs", "kwargs": []}', "application/json"),
         (b'{"name": "maintenance.prune_logs", "kwargs": {"days": 7}, "x": 1}', "application/json"),
         (
@@ -273,6 +272,23 @@ async def test_malformed_task_bodies_are_422(
     )
     assert response.status_code == 422, response.text
     assert response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b'{"name": "maintenance.prune_logs", "kwargs": {"days": 7}}', "text/plain"),
+        (b"name=maintenance.prune_logs", "application/x-www-form-urlencoded"),
+    ],
+)
+async def test_task_bodies_not_sent_as_json_are_415(
+    client: AsyncClient, content: bytes, content_type: str
+) -> None:
+    response = await client.post(
+        "/tasks", content=content, headers={**ADMIN, "Content-Type": content_type}
+    )
+    assert response.status_code == 415, response.text
+    assert response.json() == {"detail": SEND_JSON}
 
 
 @pytest.mark.parametrize(("method", "path"), [("POST", "/tasks"), ("PATCH", "/users/1")])

@@ -10,10 +10,12 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from api.deps import get_db
+from api.errors import SEND_JSON
 from api.main import create_app
 from shared.contracts import SEND_WELCOME_EMAIL
 from shared.db import make_sessionmaker
 from shared.models import TaskRun, TaskState, User
+from shared.settings import settings
 from tests.fixtures.api import ADMIN, CLIENT
 
 
@@ -74,6 +76,23 @@ async def test_invalid_input_is_422(client: AsyncClient, body: dict[str, object]
     response = await client.post("/users", json=body, headers=CLIENT)
     assert response.status_code == 422
     assert "detail" in response.json()
+
+
+async def test_a_non_ascii_local_part_is_422_unless_the_mail_server_takes_smtputf8(
+    client: AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refused = await client.post(
+        "/users", json={"email": "zoë@exämple.com", "full_name": "Zoë"}, headers=CLIENT
+    )
+    assert refused.status_code == 422
+    [error] = refused.json()["detail"]
+    assert error["loc"] == ["body", "email"]
+    assert "SMTPUTF8" in error["msg"]
+    assert "before the @" in error["msg"]
+
+    monkeypatch.setattr(settings, "smtp_utf8", True)
+    accepted = await create(client, "zoë@exämple.com")
+    assert accepted["email"] == "zoë@xn--exmple-cua.com"
 
 
 async def test_sql_looking_and_unicode_names_are_stored_verbatim(client: AsyncClient) -> None:
@@ -198,8 +217,6 @@ async def test_concurrent_sign_ups_with_one_email_exactly_one_wins(
         (b'{"email": "a@example.com", "full_name": "v\xc3"}', "application/json"),
         (b"[" * 5_000 + b"]" * 5_000, "application/json"),
         (b'{"email": "a@example.com", "full_name": ' + b"9" * 5_000 + b"}", "application/json"),
-        (b"email=a@example.com&full_name=X", "application/x-www-form-urlencoded"),
-        (b'{"email": "a@example.com", "full_name": "X"}', "text/plain"),
         (b"[]", "application/json"),
     ],
 )
@@ -211,6 +228,53 @@ async def test_malformed_bodies_are_422(
     )
     assert response.status_code == 422, response.text
     assert response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b"email=a@example.com&full_name=X", "application/x-www-form-urlencoded"),
+        (b'{"email": "a@example.com", "full_name": "X"}', "text/plain"),
+        (b'{"email": "a@example.com", "full_name": "X"}', None),
+    ],
+)
+async def test_a_body_not_sent_as_json_is_415_saying_to_send_json(
+    client: AsyncClient, content: bytes, content_type: str | None
+) -> None:
+    headers = {**CLIENT, **({"Content-Type": content_type} if content_type else {})}
+    created = await client.post("/users", content=content, headers=headers)
+    assert created.status_code == 415, created.text
+    assert created.json() == {"detail": SEND_JSON}
+    uid = (await create(client))["id"]
+    patched = await client.patch(f"/users/{uid}", content=b'{"full_name": "Y"}', headers=headers)
+    assert patched.status_code == 415, patched.text
+    assert "dictionar" not in patched.text
+
+
+@pytest.mark.parametrize("field", ["full_name", "is_active"])
+async def test_patch_with_an_explicit_null_is_422_and_changes_nothing(
+    client: AsyncClient, field: str
+) -> None:
+    user = await create(client)
+    response = await client.patch(f"/users/{user['id']}", json={field: None}, headers=CLIENT)
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", field]
+    assert "may be left out, but not null" in error["msg"]
+    unchanged = await client.get(f"/users/{user['id']}", headers=CLIENT)
+    assert unchanged.json()["full_name"] == user["full_name"]
+    assert unchanged.json()["is_active"] is True
+
+
+async def test_the_openapi_document_declares_415_and_no_nullable_patch_fields(
+    client: AsyncClient,
+) -> None:
+    document = (await client.get("/openapi.json")).json()
+    for path, method in (("/users", "post"), ("/users/{user_id}", "patch"), ("/tasks", "post")):
+        assert "415" in document["paths"][path][method]["responses"], (path, method)
+    properties = document["components"]["schemas"]["UserUpdateIn"]["properties"]
+    assert properties["full_name"]["type"] == "string"
+    assert properties["is_active"]["type"] == "boolean"
 
 
 async def test_bodies_over_64_kib_are_413(client: AsyncClient) -> None:
@@ -259,18 +323,19 @@ async def test_a_cursor_at_the_ends_of_the_id_range_is_an_empty_or_full_page(
 @pytest.mark.parametrize(
     ("given", "stored"),
     [
-        ("ada@bücher.de", "ada@bücher.de"),  # IDN domain
-        ("ada@xn--bcher-kva.de", "ada@bücher.de"),  # the same domain in punycode
+        ("ada@bücher.de", "ada@xn--bcher-kva.de"),  # IDN domain, stored in IDNA
+        ("ada@xn--bcher-kva.de", "ada@xn--bcher-kva.de"),  # the same domain in punycode
         ("josé@example.com", "josé@example.com"),  # internationalized local part
-        ("用户@例子.广告", "用户@例子.广告"),
+        ("用户@例子.广告", "用户@xn--fsqu00a.xn--4rr70v"),
         ("🎉@example.com", "🎉@example.com"),
         ("e\u0301@example.com", "\u00e9@example.com"),  # decomposed é, stored composed (NFC)
-        ("Ada@ÉXAMPLE.COM", "Ada@éxample.com"),  # the domain lowercased, the local part kept
+        ("Ada@ÉXAMPLE.COM", "Ada@xn--xample-9ua.com"),  # the domain lowercased, the local part kept
     ],
 )
 async def test_unicode_emails_are_normalized_and_stored(
-    client: AsyncClient, given: str, stored: str
+    client: AsyncClient, given: str, stored: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(settings, "smtp_utf8", True)  # a mail server that takes any of these
     created = await create(client, given)
     assert created["email"] == stored
     fetched = await client.get(f"/users/{created['id']}", headers=CLIENT)

@@ -194,7 +194,8 @@ def test_config_map_settings(manifests: list[Manifest], overlay: str) -> None:
     assert config["ENVIRONMENT"] == expected_environment
     assert int(config["TASK_SOFT_TIME_LIMIT"]) < int(config["TASK_TIME_LIMIT"])
     assert int(config["TASK_TIME_LIMIT"]) == TASK_TIME_LIMIT_SECONDS
-    assert int(config["TASK_TIME_LIMIT"]) < int(config["BROKER_VISIBILITY_TIMEOUT"])
+    # Short, because live workers renew what they hold: a dead pod's messages return in ~35 s.
+    assert int(config["BROKER_VISIBILITY_TIMEOUT"]) == 30
     assert config["HEARTBEAT_DIR"] == TMP
     assert config["PYTHONDONTWRITEBYTECODE"] == "1"
     assert not SECRET_KEYS & set(config), "secrets belong in the Secret"

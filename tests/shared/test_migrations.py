@@ -11,7 +11,7 @@ from shared.db import make_engine
 from shared.models import Base
 from shared.schema import SchemaNotCurrentError, alembic_config, ensure_schema_current
 from tests.environment import TEST_DATABASE_URL
-from tests.fixtures.database import create_migrated_database
+from tests.fixtures.postgres import create_migrated_database
 
 
 @pytest.fixture(scope="module")

@@ -54,6 +54,17 @@ def test_database_url_must_be_asyncpg() -> None:
     assert plain.database.drivername == "postgresql+asyncpg"
 
 
-def test_time_limits_must_nest_inside_the_visibility_timeout() -> None:
-    with pytest.raises(ValidationError, match="BROKER_VISIBILITY_TIMEOUT"):
-        Settings(task_time_limit=100, broker_visibility_timeout=50)
+def test_the_soft_time_limit_must_come_before_the_hard_one() -> None:
+    with pytest.raises(ValidationError, match="TASK_SOFT_TIME_LIMIT < TASK_TIME_LIMIT"):
+        Settings(task_soft_time_limit=100, task_time_limit=100)
+
+
+def test_time_limits_may_exceed_the_visibility_timeout() -> None:
+    """Live workers renew what they hold: an hour-long task with a 30 s timeout is fine."""
+    hour_long = Settings(task_soft_time_limit=3500, task_time_limit=3600)
+    assert hour_long.broker_visibility_timeout == 30
+
+
+def test_smtp_timeout_must_end_before_postgresql_ends_an_idle_transaction() -> None:
+    with pytest.raises(ValidationError, match="WORKER_IDLE_IN_TRANSACTION_TIMEOUT"):
+        Settings(smtp_timeout=30, worker_idle_in_transaction_timeout=30)

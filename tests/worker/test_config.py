@@ -11,6 +11,7 @@ from shared.schedules import Cron, Every, parse_schedule
 from shared.settings import settings
 from worker.celery_app import app
 from worker.schedule import beat_schedule, to_celery
+from worker.visibility import VisibilityRenewal
 
 conf = app.conf
 
@@ -27,11 +28,19 @@ def test_late_acks_and_redelivery_when_a_child_dies() -> None:
     assert conf.worker_prefetch_multiplier == 1
 
 
-def test_time_limits_nest_inside_the_visibility_timeout() -> None:
-    broker = conf.broker_transport_options["visibility_timeout"]
-    assert broker == conf.result_backend_transport_options["visibility_timeout"]
-    assert conf.task_soft_time_limit < conf.task_time_limit < broker
+def test_a_short_visibility_timeout_renewed_and_swept_several_times_within_it() -> None:
+    broker = conf.broker_transport_options
+    assert broker["visibility_timeout"] == settings.broker_visibility_timeout == 30
+    assert conf.result_backend_transport_options["visibility_timeout"] == 30
+    assert settings.task_soft_time_limit < conf.task_time_limit
     assert conf.task_time_limit == settings.task_time_limit
+    # The runtime enforces the soft limit on the loop (worker.recording), not Celery.
+    assert conf.task_soft_time_limit is None
+    # The sweep runs on every call, every few seconds, and its lock cannot stop it for long.
+    assert broker["unacked_restore_throttle"] == 1
+    assert broker["unacked_restore_interval"] * 6 <= broker["visibility_timeout"]
+    assert broker["unacked_mutex_expire"] <= broker["unacked_restore_interval"] + 1
+    assert VisibilityRenewal in app.steps["consumer"]
 
 
 def test_results_are_not_kept_by_celery() -> None:

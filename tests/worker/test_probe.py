@@ -54,6 +54,20 @@ def test_readiness_needs_the_ready_file_and_a_live_heartbeat(tmp_path: Path) -> 
     assert check("worker", ready=True, max_age=5, directory=tmp_path) is not None
 
 
+def test_each_worker_name_has_its_own_files(tmp_path: Path) -> None:
+    """Two workers in one HEARTBEAT_DIR (make run): each probe reads its own worker's files."""
+    (tmp_path / "concurrent.heartbeat").touch()
+    (tmp_path / "concurrent.ready").touch()
+    assert check("worker", ready=True, max_age=5, directory=tmp_path, name="concurrent") is None
+    problem = check("worker", ready=True, max_age=5, directory=tmp_path, name="prefork")
+    assert "prefork.heartbeat" in str(problem)
+    (tmp_path / "prefork.heartbeat").touch()
+    problem = check("worker", ready=True, max_age=5, directory=tmp_path, name="prefork")
+    assert "prefork.ready" in str(problem)
+    assert run_probe("worker", tmp_path, 5, "--ready", "--name", "concurrent") == 0
+    assert run_probe("worker", tmp_path, 5, "--ready", "--name", "prefork") == 1
+
+
 def assert_probe_follows_a_stop(
     proc: Proc, component: str, heartbeat_dir: Path, max_age: float
 ) -> None:

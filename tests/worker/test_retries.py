@@ -14,8 +14,9 @@ from shared.broker import Broker, TaskMessage
 from shared.contracts import SEND_WELCOME_EMAIL
 from shared.models import TaskRun, TaskState, User
 from shared.settings import settings
+from tests.fixtures.ports import free_port
 from tests.fixtures.processes import Processes
-from tests.fixtures.smtp import Mailbox, free_port
+from tests.fixtures.smtp import Mailbox
 from tests.fixtures.waiting import eventually
 from tests.worker.probe_tasks import PROBE_APP, SLOW_UPDATE
 

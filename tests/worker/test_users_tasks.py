@@ -1,16 +1,22 @@
 """The users tasks' async cores, on a real session that is rolled back after each test."""
 
+import uuid
 from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
 
 import pytest
-from sqlalchemy import select, text
+from aiosmtplib import SMTPNotSupported
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.contracts import NoArgs, SendWelcomeEmailArgs
 from shared.models import User
 from shared.settings import settings
 from tests.fixtures.smtp import Mailbox
+from worker.errors import ClaimHeld
 from worker.users.tasks import deactivate_inactive_users, send_welcome_email
+
+HOUR = timedelta(hours=1)
 
 
 @pytest.fixture
@@ -59,6 +65,42 @@ async def test_an_unreachable_mail_server_is_an_error_and_nothing_is_marked(
     assert user.welcome_email_sent_at is None
 
 
+async def test_a_unicode_domain_stored_before_idna_is_mailed_in_its_idna_form(
+    db: AsyncSession, mail_to: Mailbox
+) -> None:
+    """A row written before domains were stored as IDNA: its run, retried, now succeeds on a
+    server without SMTPUTF8 (the one the failure came from)."""
+    user = await add_user(db, "zoe@exämple.com")
+    assert await send_welcome_email(SendWelcomeEmailArgs(user_id=user.id), db) is True
+    [message] = mail_to.to("zoe@xn--exmple-cua.com")
+    assert message["Subject"] == "Welcome aboard"
+
+
+async def test_a_non_ascii_local_part_is_sent_with_smtputf8(
+    db: AsyncSession, smtputf8_server: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "smtp_host", "127.0.0.1")
+    monkeypatch.setattr(settings, "smtp_port", smtputf8_server.port)
+    user = await add_user(db, "zoë@xn--exmple-cua.com")
+    assert await send_welcome_email(SendWelcomeEmailArgs(user_id=user.id), db) is True
+    [message] = smtputf8_server.wait_for(1)
+    # Parsed again as UTF-8 headers (the fixture's parser keeps the raw bytes escaped).
+    reparsed = message_from_bytes(message.as_bytes(), policy=policy.SMTPUTF8)
+    assert reparsed["To"] == "zoë@xn--exmple-cua.com"
+
+
+async def test_a_non_ascii_local_part_fails_on_a_server_without_smtputf8(
+    db: AsyncSession, mail_to: Mailbox
+) -> None:
+    """What SMTP_UTF8=true against such a server leads to: the run fails, nothing is marked."""
+    user = await add_user(db, "zoë@example.com")
+    with pytest.raises(SMTPNotSupported, match="SMTPUTF8"):
+        await send_welcome_email(SendWelcomeEmailArgs(user_id=user.id), db)
+    assert mail_to.messages == []
+    await db.refresh(user)
+    assert user.welcome_email_sent_at is None
+
+
 async def test_deactivates_users_idle_for_90_days_across_batches(db: AsyncSession) -> None:
     now = datetime.now(UTC)
     long_ago, recently = now - timedelta(days=91), now - timedelta(days=89)
@@ -93,3 +135,39 @@ async def test_deactivates_users_idle_for_90_days_across_batches(db: AsyncSessio
 
 async def test_deactivating_nobody_returns_zero(db: AsyncSession) -> None:
     assert await deactivate_inactive_users(NoArgs(), db) == 0
+
+
+async def test_a_claimed_welcome_email_is_left_to_its_claimant_until_the_claim_expires(
+    db: AsyncSession, mail_to: Mailbox
+) -> None:
+    """Another run is sending it (its claim holds): this one retries later and sends nothing.
+    Once that claim expired (its holder died), this run takes the user over and sends."""
+    user = await add_user(db)
+    await db.execute(
+        update(User)
+        .where(User.id == user.id)
+        .values(welcome_email_claim=uuid.uuid4(), welcome_email_claimed_until=func.now() + HOUR)
+    )
+    with pytest.raises(ClaimHeld):
+        await send_welcome_email(SendWelcomeEmailArgs(user_id=user.id), db)
+    assert mail_to.messages == []
+
+    await db.execute(
+        update(User).where(User.id == user.id).values(welcome_email_claimed_until=func.now() - HOUR)
+    )
+    assert await send_welcome_email(SendWelcomeEmailArgs(user_id=user.id), db) is True
+    assert len(mail_to.to("grace@example.com")) == 1
+    await db.refresh(user)
+    assert user.welcome_email_claim is None
+    assert user.welcome_email_sent_at is not None
+
+
+async def test_a_failed_send_releases_its_claim(
+    db: AsyncSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "smtp_port", 9)  # nothing listens
+    user = await add_user(db)
+    with pytest.raises(OSError, match="connect"):
+        await send_welcome_email(SendWelcomeEmailArgs(user_id=user.id), db)
+    await db.refresh(user)
+    assert (user.welcome_email_claim, user.welcome_email_claimed_until) == (None, None)

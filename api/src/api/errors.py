@@ -3,6 +3,7 @@ shape, `{"detail": ...}`."""
 
 from __future__ import annotations
 
+import email.message
 import json
 import logging
 
@@ -24,6 +25,7 @@ STATUS_FOR: dict[type[DomainError], int] = {NotFound: 404, Conflict: 409, Invali
 DATABASE_DOWN = "the database is unavailable; try again shortly"
 # What FastAPI answers, with a 400, when a JSON body cannot be decoded at all.
 FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
+SEND_JSON = "the body must be JSON: send it with Content-Type: application/json"
 
 
 class ErrorOut(BaseModel):
@@ -36,6 +38,7 @@ DESCRIPTIONS = {
     404: "Not found",
     409: "Conflict with the current state",
     413: "Request body too large",
+    415: "The body was not sent as JSON (Content-Type: application/json)",
     422: "Invalid input",
     503: "A dependency is unavailable; retry later",
 }
@@ -59,8 +62,29 @@ class AsciiJSONResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode()
 
 
+def _is_json(content_type: str | None) -> bool:
+    """FastAPI's own test of a JSON body's content type (application/json or */*+json)."""
+    if not content_type:
+        return False
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (
+        subtype == "json" or subtype.endswith("+json")
+    )
+
+
 async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """A body FastAPI did not decode because it was not sent as JSON (a form, text/plain, no
+    Content-Type) reaches here as raw bytes: say so with a 415, instead of a 422 complaining
+    that the bytes are not an object."""
     assert isinstance(exc, RequestValidationError)
+    if (
+        isinstance(exc.body, bytes)
+        and exc.body
+        and not _is_json(request.headers.get("content-type"))
+    ):
+        return JSONResponse({"detail": SEND_JSON}, status_code=415)
     return AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
 
 

@@ -60,7 +60,15 @@ def create_app() -> FastAPI:
     app.include_router(users_router)
     app.include_router(tasks_router)
     # Outermost last: the request id exists before anything logs or measures.
-    app.add_middleware(MetricsMiddleware)
+    documentation = (
+        app.openapi_url,
+        app.docs_url,
+        app.redoc_url,
+        app.swagger_ui_oauth2_redirect_url,
+    )
+    app.add_middleware(
+        MetricsMiddleware, documentation_paths=frozenset(p for p in documentation if p)
+    )
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(RequestIdMiddleware)
     return app

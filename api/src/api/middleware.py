@@ -115,7 +115,20 @@ async def _too_large(send: Send) -> None:
 
 class MetricsMiddleware(_HttpMiddleware):
     """One log line and the metrics per request, by route template (not the raw path: ids
-    would explode the label set and put identifiers in the logs)."""
+    would explode the label set and put identifiers in the logs). The documentation pages
+    (plain Starlette routes, which leave no route in the scope) are labelled by their path;
+    only a path no route serves is `unmatched`."""
+
+    def __init__(self, app: ASGIApp, documentation_paths: frozenset[str] = frozenset()) -> None:
+        super().__init__(app)
+        self.documentation_paths = documentation_paths
+
+    def _route(self, scope: Scope) -> str:
+        route = getattr(scope.get("route"), "path", None)
+        if isinstance(route, str):
+            return route
+        path = scope["path"]
+        return path if path in self.documentation_paths else "unmatched"
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -131,7 +144,7 @@ class MetricsMiddleware(_HttpMiddleware):
             await self.app(scope, receive, record_status)
         finally:
             elapsed = time.perf_counter() - started
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = self._route(scope)
             method = scope["method"]
             REQUESTS.labels(route, method, str(status)).inc()
             LATENCY.labels(route, method).observe(elapsed)

@@ -64,8 +64,11 @@ class TaskContract(Generic[ArgsT, ResultT]):
     description: str = ""
     periodic: Periodic | None = None  # beat sends it on this schedule
     max_retries: int | None = None  # transient failures retried this many times
-    soft_time_limit: int | None = None
-    time_limit: int | None = None
+    # Seconds a run may take before it is cancelled (None: TASK_SOFT_TIME_LIMIT), and whether
+    # such a run is retried (RETRYING, with backoff) or recorded FAILED.
+    soft_time_limit: float | None = None
+    retry_on_time_limit: bool = False
+    time_limit: int | None = None  # killed after this (None: TASK_TIME_LIMIT)
     # Quiet tasks keep no task-run row and log only when they did something (their metrics
     # still count every run): for ticks that run every few seconds and mostly find nothing.
     quiet: bool = False
@@ -80,6 +83,7 @@ class TaskContract(Generic[ArgsT, ResultT]):
             )
 
 
+# A welcome email cut off by its time limit was waiting on a slow network: try it again.
 SEND_WELCOME_EMAIL = TaskContract(
     "users.send_welcome_email",
     SendWelcomeEmailArgs,
@@ -87,6 +91,7 @@ SEND_WELCOME_EMAIL = TaskContract(
     Queue.DEFAULT,
     enqueueable=True,
     description="Send a user the welcome email once; false when there was nothing to send.",
+    retry_on_time_limit=True,
 )
 DEACTIVATE_INACTIVE_USERS = TaskContract(
     "users.deactivate_inactive_users",

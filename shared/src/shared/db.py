@@ -53,18 +53,35 @@ def make_engine(
             "pool_timeout": 10,
         }
     )
+    server_settings = {
+        "application_name": f"backend.{kind}",
+        "synchronous_commit": "on" if synchronous_commit else "off",
+    }
+    if kind == "worker":
+        server_settings.update(worker_session_limits())
     return create_async_engine(
         url or settings.database,
         **pool,
-        connect_args={
-            "server_settings": {
-                "application_name": f"backend.{kind}",
-                "synchronous_commit": "on" if synchronous_commit else "off",
-            },
-            "timeout": 5,
-            "command_timeout": 60,
-        },
+        connect_args={"server_settings": server_settings, "timeout": 5, "command_timeout": 60},
     )
+
+
+def worker_session_limits() -> dict[str, str]:
+    """How long PostgreSQL keeps what a worker that stopped answering holds.
+
+    A worker's runs go back to the broker within seconds when it dies or freezes, and the next
+    worker needs the row locks the old one took. Without limits PostgreSQL keeps them until
+    TCP gives up on the dead client (two hours and more by default): a frozen worker's session
+    is ended after WORKER_IDLE_IN_TRANSACTION_TIMEOUT idle inside a transaction, and a client
+    whose host vanished is found by keepalives after 10 + 3 x 5 s of silence.
+    """
+    idle_ms = round(settings.worker_idle_in_transaction_timeout * 1000)
+    return {
+        "idle_in_transaction_session_timeout": str(idle_ms),
+        "tcp_keepalives_idle": "10",
+        "tcp_keepalives_interval": "5",
+        "tcp_keepalives_count": "3",
+    }
 
 
 def make_sessionmaker(bind: AsyncEngine | AsyncConnection) -> async_sessionmaker[AsyncSession]:

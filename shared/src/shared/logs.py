@@ -22,7 +22,13 @@ LogFormat = Literal["json", "text"]
 _context: ContextVar[dict[str, object] | None] = ContextVar("log_context", default=None)
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is context.
-_RECORD_ATTRIBUTES = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# uvicorn adds `color_message`, its message with terminal colour codes, for its own formatter.
+_RECORD_ATTRIBUTES = set(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 
 @contextmanager
@@ -68,6 +74,16 @@ class TextFormatter(logging.Formatter):
         return f"{text}  [{fields}]" if fields else text
 
 
+def _drop_celery_trace_data(record: logging.LogRecord) -> bool:
+    """Celery's line for a failed task passes its whole context as `extra={"data": ...}`:
+    the traceback a second time beside `exc_info`, and the task's arguments. Keep the ids."""
+    data = vars(record).pop("data", None)
+    if isinstance(data, dict):
+        record.task_id = data.get("id")
+        record.task_name = data.get("name")
+    return True
+
+
 def configure_logging(level: str, log_format: LogFormat) -> None:
     """Route every logger (ours, uvicorn's, Celery's) through one handler on stderr."""
     handler = logging.StreamHandler(sys.stderr)
@@ -82,3 +98,5 @@ def configure_logging(level: str, log_format: LogFormat) -> None:
     # Each of these repeats a line we log ourselves, with the request or task id added.
     for name in ("uvicorn.access", "celery.app.trace", "celery.worker.strategy"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    trace = logging.getLogger("celery.app.trace")
+    trace.filters[:] = [_drop_celery_trace_data]

@@ -49,7 +49,15 @@ class Settings(BaseSettings):
     smtp_password: SecretStr = SecretStr("")
     smtp_starttls: bool = False
     smtp_timeout: float = Field(default=10.0, gt=0)
+    # Open SMTP sessions each worker process keeps and reuses (worker.smtp).
+    smtp_pool_size: int = Field(default=50, ge=1, le=500)
+    # PostgreSQL ends a worker session left idle inside a transaction this long (a frozen or
+    # partitioned worker), releasing its row locks for the worker its runs went to.
+    worker_idle_in_transaction_timeout: float = Field(default=30.0, gt=0)
     mail_from: str = "Backend <no-reply@example.com>"
+    # Does the mail server offer SMTPUTF8? The API has no SMTP client to ask, and only such a
+    # server can deliver to an address whose local part is not ASCII (shared.users.addresses).
+    smtp_utf8: bool = False
 
     admin_token: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
     api_tokens: Annotated[list[SecretStr], NoDecode] = [SecretStr(DEV_API_TOKEN)]
@@ -58,7 +66,10 @@ class Settings(BaseSettings):
     # Delivery timings: tests shrink these so a kill-and-redeliver case takes seconds.
     task_soft_time_limit: int = Field(default=300, ge=1)
     task_time_limit: int = Field(default=360, ge=2)
-    broker_visibility_timeout: int = Field(default=3600, ge=3)
+    # How long a message may go unrenewed before Redis gives it to another worker. Live workers
+    # renew what they hold every sixth of it (worker.visibility), so it bounds how soon a dead
+    # worker's messages come back, whatever the task time limits are.
+    broker_visibility_timeout: int = Field(default=30, ge=6)
     task_max_retries: int = Field(default=5, ge=0)
     task_retry_backoff_max: int = Field(default=600, ge=0)
     task_max_attempts: int = Field(default=10, ge=1)
@@ -79,11 +90,24 @@ class Settings(BaseSettings):
     beat_lock_timeout: int = Field(default=15, ge=2)
     beat_max_loop_interval: int = Field(default=5, ge=1)
 
-    # Liveness files for the probes (worker.probe reads HEARTBEAT_DIR itself, from the
-    # environment only). Beat touches its file every tick (at most BEAT_MAX_LOOP_INTERVAL apart);
-    # the worker's main process touches its file every HEARTBEAT_INTERVAL seconds.
+    # Which kind of worker this process is (worker.kinds: `concurrent` or `prefork`). It names
+    # the worker's heartbeat files and its `worker` label in the metrics, so two workers on one
+    # host (make run) never share a file.
+    worker_name: str = Field(default="worker", pattern=r"^[a-z][a-z0-9-]{0,39}$")
+
+    # Metrics servers. A pod must listen on all interfaces (0.0.0.0) for Prometheus to scrape
+    # it; a laptop keeps them on the loopback. Under `make run` both workers share the host's
+    # ports: the concurrent one serves on WORKER_METRICS_PORT, the prefork one on
+    # PREFORK_METRICS_PORT (in a pod every worker has its own network: WORKER_METRICS_PORT).
+    metrics_bind_address: str = "127.0.0.1"
     worker_metrics_port: int = Field(default=9808, ge=1, le=65535)
     beat_metrics_port: int = Field(default=9809, ge=1, le=65535)
+    prefork_metrics_port: int = Field(default=9810, ge=1, le=65535)
+
+    # Liveness files for the probes (worker.probe reads HEARTBEAT_DIR and WORKER_NAME itself,
+    # from the environment only). Beat touches its file every tick (at most
+    # BEAT_MAX_LOOP_INTERVAL apart); the worker's main process touches its file every
+    # HEARTBEAT_INTERVAL seconds.
 
     heartbeat_dir: str = "/tmp"  # noqa: S108 - an emptyDir in the pods, plain /tmp on a laptop
     heartbeat_interval: float = Field(default=5.0, gt=0)
@@ -107,10 +131,17 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _timings_are_coherent(self) -> Settings:
-        if not self.task_soft_time_limit < self.task_time_limit < self.broker_visibility_timeout:
+        # No rule ties BROKER_VISIBILITY_TIMEOUT to the time limits: a live worker renews the
+        # messages it holds (worker.visibility), so a task may run far longer than the timeout.
+        if not self.task_soft_time_limit < self.task_time_limit:
             raise ValueError(
-                "need TASK_SOFT_TIME_LIMIT < TASK_TIME_LIMIT < BROKER_VISIBILITY_TIMEOUT, or a "
-                "running task is delivered a second time while it still runs"
+                "need TASK_SOFT_TIME_LIMIT < TASK_TIME_LIMIT: the soft limit asks a task to "
+                "stop before the hard limit kills it"
+            )
+        if not self.smtp_timeout < self.worker_idle_in_transaction_timeout:
+            raise ValueError(
+                "need SMTP_TIMEOUT < WORKER_IDLE_IN_TRANSACTION_TIMEOUT: a task waits on the "
+                "mail server inside its transaction, and PostgreSQL would end that session"
             )
         return self
 

@@ -15,9 +15,10 @@ failure is recorded on the run like any other; typed parameters would fail in Ce
 argument check, before any record exists. The core receives the validated model.
 
 The core runs in one transaction with its run's SUCCEEDED record (worker.recording), so the
-effect and its record commit together. A core that commits on its own (a batch job: each batch
-holds its locks briefly) must say so with `commits_in_batches=True`; without the flag, a commit
-inside the core fails the run, so the claim stays true where it is not declared otherwise.
+effect and its record commit together. A core that commits on its own (a batch job, so each
+batch holds its locks briefly; or a claim committed before a slow network call) must say so
+with `commits=True`; without the flag, a commit inside the core fails the run, so "the effect
+and its record commit together" holds wherever it is not declared otherwise.
 
 The decorated name stays callable as the core (`await send_welcome_email(args, db)`), which is
 how tests run it on an injected session; `.celery` is the registered Celery task.
@@ -47,12 +48,12 @@ class RecordedTask(Generic[ArgsT, ResultT]):
         contract: TaskContract[ArgsT, ResultT],
         core: Core[ArgsT, ResultT],
         celery_task: Task[Any, Any],
-        commits_in_batches: bool,
+        commits: bool,
     ) -> None:
         self.contract = contract
         self.core = core
         self.celery = celery_task
-        self.commits_in_batches = commits_in_batches
+        self.commits = commits
         self.__doc__ = core.__doc__
         self.__name__ = getattr(core, "__name__", contract.name)
 
@@ -62,7 +63,7 @@ class RecordedTask(Generic[ArgsT, ResultT]):
 
 
 def task(
-    contract: TaskContract[ArgsT, ResultT], *, commits_in_batches: bool = False
+    contract: TaskContract[ArgsT, ResultT], *, commits: bool = False
 ) -> Callable[[Core[ArgsT, ResultT]], RecordedTask[ArgsT, ResultT]]:
     """Register `core` as the Celery task of `contract`, its runs recorded (or, for a quiet
     contract, unrecorded: see TaskContract.quiet)."""
@@ -73,7 +74,7 @@ def task(
         def body(self: Task[Any, Any], /, **kwargs: object) -> ResultT:
             if contract.quiet:
                 return run_unrecorded(self, contract, core, kwargs)
-            return run_recorded(self, contract, core, kwargs, commits_in_batches)
+            return run_recorded(self, contract, core, kwargs, commits)
 
         # Not functools.wraps: Celery checks a message's arguments against the signature it
         # finds, and it must find `**kwargs`, not the core's.
@@ -87,12 +88,11 @@ def task(
                 settings.task_max_retries if contract.max_retries is None else contract.max_retries
             ),
         }
-        if contract.soft_time_limit is not None:
-            options["soft_time_limit"] = contract.soft_time_limit
+        # The soft limit is the runtime's (worker.recording reads it from the contract).
         if contract.time_limit is not None:
             options["time_limit"] = contract.time_limit
         celery_task = app.task(**options)(body)
-        recorded = RecordedTask(contract, core, celery_task, commits_in_batches)
+        recorded = RecordedTask(contract, core, celery_task, commits)
         _DECLARED[contract.name] = recorded
         return recorded
 

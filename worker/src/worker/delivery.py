@@ -27,24 +27,17 @@ def delivery_config() -> dict[str, object]:
         "task_reject_on_worker_lost": True,
         # With late acks, a prefetched message waits behind a long task; take one at a time.
         "worker_prefetch_multiplier": 1,
-        # Defaults for every task; a contract may set its own (worker.decorator).
-        "task_soft_time_limit": settings.task_soft_time_limit,
+        # The soft limit is the runtime's (worker.recording): it cancels the core on the loop
+        # and records the run as its contract says, in either pool. Celery's own soft limit
+        # would raise in the thread waiting for the core instead. The hard limit is Celery's in
+        # a prefork child; the concurrent pool's watchdog enforces it (worker.concurrent). A
+        # contract may set its own (worker.decorator).
+        "task_soft_time_limit": None,
         "task_time_limit": settings.task_time_limit,
-        # Redis redelivers an unacked message after the visibility timeout: it must outlast the
-        # longest task (the hard time limit), or a running task is delivered a second time.
-        "broker_transport_options": {
-            "visibility_timeout": settings.broker_visibility_timeout,
-            # kombu sweeps for messages past their visibility timeout every interval x throttle
-            # seconds (10 x 10 by default): a message a killed worker held came back up to 100 s
-            # late. One cheap ZRANGE every few seconds makes the timeout the actual delay.
-            "unacked_restore_interval": min(10, settings.broker_visibility_timeout),
-            "unacked_restore_throttle": 1,
-            "socket_connect_timeout": 5,
-            "socket_timeout": 30,
-        },
-        "result_backend_transport_options": {
-            "visibility_timeout": settings.broker_visibility_timeout
-        },
+        # Redis redelivers an unacked message after the visibility timeout. It is short (30 s)
+        # and every live worker renews the messages it holds: worker.visibility adds the
+        # timeout, the sweep's cadence and the renewal step.
+        "broker_transport_options": {"socket_connect_timeout": 5, "socket_timeout": 30},
         # Losing the broker connection loses the acks of running late-ack tasks: they will be
         # redelivered, so stop them rather than let two copies run.
         "worker_cancel_long_running_tasks_on_connection_loss": True,

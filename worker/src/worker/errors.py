@@ -15,6 +15,12 @@ from shared.broker import PublishError
 
 ERROR_TEXT_LIMIT = 2000
 
+
+class ClaimHeld(Exception):
+    """Another run holds the claim on what this run would change (it is sending the same
+    welcome email right now): try again later, when that run finished or its claim expired."""
+
+
 _TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,  # includes ConnectionError: refused, reset
     TimeoutError,
@@ -26,6 +32,7 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     SMTPReadTimeoutError,
     SMTPServerDisconnected,
     PublishError,
+    ClaimHeld,
 )
 
 
@@ -39,3 +46,12 @@ def is_transient(exc: BaseException) -> bool:
 
 def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:ERROR_TEXT_LIMIT]
+
+
+class RunSupersededError(Exception):
+    """The run was claimed again (its message went to another worker while this one was dead
+    to the broker, frozen or cut off), or finished, since this attempt claimed it: this attempt
+    must not commit an effect or record an outcome."""
+
+    def __init__(self, attempt: int) -> None:
+        super().__init__(f"attempt {attempt} is no longer the run's current attempt")

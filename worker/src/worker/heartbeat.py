@@ -15,7 +15,7 @@ from celery import Celery, bootsteps
 from celery.signals import worker_init, worker_ready, worker_shutdown
 
 from shared.settings import settings
-from worker.probe import WORKER_HEARTBEAT, WORKER_READY
+from worker.probe import heartbeat_file, ready_file
 
 
 def heartbeat_path(name: str) -> Path:
@@ -32,12 +32,12 @@ def remove(path: Path) -> None:
 
 
 class WorkerHeartbeat(bootsteps.StartStopStep):
-    """A consumer step: touches worker.heartbeat every HEARTBEAT_INTERVAL seconds from the
-    main process's event loop (the consumer's timer is the prefork hub's timer)."""
+    """A consumer step: touches <WORKER_NAME>.heartbeat every HEARTBEAT_INTERVAL seconds from
+    the main process's event loop (the consumer's timer is the prefork hub's timer)."""
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
-        self.path = heartbeat_path(WORKER_HEARTBEAT)
+        self.path = heartbeat_path(heartbeat_file(settings.worker_name))
         self.tref: Any = None
 
     def start(self, parent: Any) -> None:
@@ -54,18 +54,19 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
 
 def _forget_previous_run(**_: object) -> None:
     # An emptyDir outlives a restarted container: a ready file left by a killed worker must not
-    # make this one look ready before it consumes.
-    remove(heartbeat_path(WORKER_READY))
-    remove(heartbeat_path(WORKER_HEARTBEAT))
+    # make this one look ready before it consumes. Only this worker's own files (its name):
+    # another worker writing to the same directory keeps its own.
+    remove(heartbeat_path(ready_file(settings.worker_name)))
+    remove(heartbeat_path(heartbeat_file(settings.worker_name)))
 
 
 def _ready(**_: object) -> None:
-    touch(heartbeat_path(WORKER_HEARTBEAT))
-    touch(heartbeat_path(WORKER_READY))
+    touch(heartbeat_path(heartbeat_file(settings.worker_name)))
+    touch(heartbeat_path(ready_file(settings.worker_name)))
 
 
 def _not_ready(**_: object) -> None:
-    remove(heartbeat_path(WORKER_READY))
+    remove(heartbeat_path(ready_file(settings.worker_name)))
 
 
 def install(app: Celery) -> None:

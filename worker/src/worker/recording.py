@@ -8,10 +8,16 @@ The cost that matters is round trips, so a run takes two transactions:
    message that keeps killing its worker).
 2. The work and SUCCEEDED, in ONE transaction: the task's effect and its record commit
    together, so a redelivered message finds the run finished and does nothing. A task declared
-   `commits_in_batches=True` commits its own batches inside that step: then SUCCEEDED commits
-   with the last batch only, and a run cut off between batches is run again from the start
-   (batch tasks are written to be safe to run twice). A core not so declared cannot commit:
-   its commit fails the run.
+   `@task(..., commits=True)` commits inside that step on its own (batch jobs, so each batch
+   holds its locks briefly; the welcome email, which claims its user before the slow send):
+   then SUCCEEDED commits with its last transaction only, and a run cut off before that is run
+   again (such cores are written to be safe to run twice). A core not so declared cannot
+   commit: its commit fails the run (CommitInCore).
+
+The claim's attempt number fences the rest. A worker that stopped renewing its messages (dead
+to the broker, frozen) may come back after its run went to another worker and was claimed
+again: its SUCCEEDED (or RETRYING, FAILED) then matches no row at its attempt, and its whole
+transaction rolls back (RunSupersededError, outcome "superseded"), so it commits no effect.
 
 A failure is recorded in a transaction of its own, after the work's transaction rolled back.
 
@@ -21,6 +27,7 @@ and a log line only when they did something or failed; their metrics count every
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -30,6 +37,7 @@ from functools import cache
 from typing import Any, Generic, TypeVar
 
 from celery import Task
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 from pydantic import TypeAdapter
 from sqlalchemy import bindparam, event, func, select, update
@@ -42,13 +50,14 @@ from shared.contracts import ArgsT, ResultT, TaskContract
 from shared.logs import log_context
 from shared.models import FINISHED_STATES, TaskRun, TaskState
 from shared.settings import settings
-from worker.errors import describe, is_transient
+from worker.errors import RunSupersededError, describe, is_transient
 from worker.metrics import (
     TASK_DURATION,
     TASKS_FAILED,
     TASKS_RETRIED,
     TASKS_STARTED,
     TASKS_SUCCEEDED,
+    TASKS_SUPERSEDED,
 )
 from worker.runtime import get_task_session, run_async
 
@@ -66,6 +75,7 @@ class RunContext:
     request_id: str | None
     retries: int
     max_retries: int
+    soft_time_limit: float = settings.task_soft_time_limit
 
 
 @dataclass(frozen=True)
@@ -84,9 +94,17 @@ class Failed:
     error: Exception
 
 
+@dataclass(frozen=True)
+class Superseded:
+    """The run was claimed again since this attempt started: this attempt changed nothing."""
+
+    error: RunSupersededError
+
+
 # Built once: constructing statements costs more Python time per run than running them.
 _NOW = func.now()
 _UNFINISHED = TaskRun.state.not_in(FINISHED_STATES)
+_STILL_OURS = (_UNFINISHED, TaskRun.attempts == bindparam("attempt"))
 _CLAIM = (
     insert(TaskRun)
     .values(
@@ -116,7 +134,7 @@ _STORED = select(TaskRun.state, TaskRun.attempts, TaskRun.result, TaskRun.reques
 )
 _SUCCEED = (
     update(TaskRun)
-    .where(TaskRun.id == bindparam("run_id"), _UNFINISHED)
+    .where(TaskRun.id == bindparam("run_id"), *_STILL_OURS)
     .values(
         state=TaskState.SUCCEEDED,
         result=bindparam("result", type_=JSONB),
@@ -145,20 +163,29 @@ async def claim(db: AsyncSession, run: RunContext) -> Claimed:
     return Claimed(TaskState(row.state), row.attempts, row.result, row.request_id)
 
 
-async def record_success(db: AsyncSession, run_id: uuid.UUID, result: object) -> None:
-    """In the work's own transaction, so the effect and its record commit together."""
+async def record_success(db: AsyncSession, run_id: uuid.UUID, attempt: int, result: object) -> None:
+    """In the work's own transaction, so the effect and its record commit together. Raises
+    RunSupersededError, so that the effect rolls back, when the run is no longer at `attempt`."""
     connection = await db.connection()
-    await connection.execute(_SUCCEED, {"run_id": run_id, "result": result})
+    params = {"run_id": run_id, "attempt": attempt, "result": result}
+    if (await connection.execute(_SUCCEED, params)).rowcount != 1:
+        raise RunSupersededError(attempt)
 
 
-async def record(db: AsyncSession, run_id: uuid.UUID, state: TaskState, **values: object) -> None:
-    """Move an unfinished run to `state`. A finished run is never rewritten: when a duplicate
-    delivery runs beside the original, the first outcome recorded stays."""
+async def record(
+    db: AsyncSession, run_id: uuid.UUID, attempt: int, state: TaskState, **values: object
+) -> None:
+    """Move the run to `state` if it is still unfinished and at `attempt`, else raise
+    RunSupersededError. A finished run is never rewritten: when a duplicate delivery runs beside
+    the original, the first outcome recorded stays."""
     if state in FINISHED_STATES:
         values["finished_at"] = _NOW
-    await db.execute(
-        update(TaskRun).where(TaskRun.id == run_id, _UNFINISHED).values(state=state, **values)
+    result = await db.execute(
+        update(TaskRun).where(TaskRun.id == run_id, *_STILL_OURS).values(state=state, **values),
+        {"attempt": attempt},
     )
+    if result.rowcount != 1:  # type: ignore[attr-defined]  # an UPDATE gives a CursorResult
+        raise RunSupersededError(attempt)
 
 
 @cache
@@ -166,12 +193,15 @@ def _results(contract: TaskContract[ArgsT, ResultT]) -> TypeAdapter[ResultT]:
     return TypeAdapter(contract.result)
 
 
+Outcome = Done[R] | RetryLater | Failed | Superseded
+
+
 # Set in a session's info while a core that may not commit runs on it.
 _NO_COMMIT = "worker.core_may_not_commit"
 
 
 class CommitInCore(RuntimeError):
-    """A core committed though its @task does not declare `commits_in_batches=True`."""
+    """A core committed though its @task does not declare `commits=True`."""
 
 
 def _refuse_commit_in_core(session: Session) -> None:
@@ -179,12 +209,12 @@ def _refuse_commit_in_core(session: Session) -> None:
     if name is not None:
         raise CommitInCore(
             f"{name}: the core committed, so its effect would not commit with its record; "
-            "declare @task(..., commits_in_batches=True) if it commits batches on purpose"
+            "declare @task(..., commits=True) if it commits on purpose"
         )
 
 
 def install() -> None:
-    """Enforce `commits_in_batches` on every session (the guard is a dict lookup per commit)."""
+    """Enforce `commits` on every session (the guard is a dict lookup per commit)."""
     if not event.contains(Session, "before_commit", _refuse_commit_in_core):
         event.listen(Session, "before_commit", _refuse_commit_in_core)
 
@@ -193,8 +223,8 @@ async def execute(
     run: RunContext,
     contract: TaskContract[ArgsT, ResultT],
     core: Core[ArgsT, ResultT],
-    commits_in_batches: bool = False,
-) -> Done[ResultT] | RetryLater | Failed:
+    commits: bool = False,
+) -> Outcome[ResultT]:
     try:
         async with get_task_session() as db:
             claimed = await claim(db, run)
@@ -222,7 +252,7 @@ async def execute(
         log.info("task started", extra={"attempt": claimed.attempts})
         TASKS_STARTED.labels(run.name).inc()
         started = time.perf_counter()
-        outcome = await _run_claimed(run, claimed, contract, core, commits_in_batches)
+        outcome = await _run_claimed(run, claimed, contract, core, commits)
         _report(run.name, outcome, time.perf_counter() - started)
         return outcome
 
@@ -232,26 +262,38 @@ async def _run_claimed(
     claimed: Claimed,
     contract: TaskContract[ArgsT, ResultT],
     core: Core[ArgsT, ResultT],
-    commits_in_batches: bool,
-) -> Done[ResultT] | RetryLater | Failed:
-    if claimed.attempts > settings.task_max_attempts:
-        error = RuntimeError(f"delivered {claimed.attempts} times without finishing: not run again")
-        async with get_task_session() as db:
-            await record(db, run.id, TaskState.FAILED, error=describe(error))
-        return Failed(error)
+    commits: bool,
+) -> Outcome[ResultT]:
+    attempt = claimed.attempts
+    limit = asyncio.timeout(run.soft_time_limit)
     try:
+        if attempt > settings.task_max_attempts:
+            error = RuntimeError(f"delivered {attempt} times without finishing: not run again")
+            async with get_task_session() as db:
+                await record(db, run.id, attempt, TaskState.FAILED, error=describe(error))
+            return Failed(error)
         async with get_task_session() as db:
             args = contract.args.model_validate(run.kwargs)
-            if not commits_in_batches:
+            # On the shared loop the core is cancelled at its soft limit; the other runs in
+            # flight go on. The effect and SUCCEEDED commit together, or neither does.
+            if not commits:
                 db.info[_NO_COMMIT] = run.name
-            value = await core(args, db)
+            async with limit:
+                value = await core(args, db)
             db.info.pop(_NO_COMMIT, None)
             result = _results(contract).dump_python(value, mode="json")
-            await record_success(db, run.id, result)
+            await record_success(db, run.id, attempt, result)
         return Done(value)
-    except Exception as exc:
+    except RunSupersededError as superseded:
+        return Superseded(superseded)
+    except Exception as caught:
+        exc: Exception = caught
+        retryable = is_transient(exc)
+        if limit.expired():
+            exc = SoftTimeLimitExceeded(f"cut off after its time limit of {run.soft_time_limit} s")
+            retryable = contract.retry_on_time_limit
         outcome: RetryLater | Failed
-        if is_transient(exc) and run.retries < run.max_retries:
+        if retryable and run.retries < run.max_retries:
             outcome, state, extra = (
                 RetryLater(exc, _backoff(run.retries)),
                 TaskState.RETRYING,
@@ -261,13 +303,17 @@ async def _run_claimed(
             outcome, state, extra = Failed(exc), TaskState.FAILED, {}
         try:
             async with get_task_session() as db:
-                await record(db, run.id, state, error=describe(exc), **extra)
+                await record(db, run.id, attempt, state, error=describe(exc), **extra)
+        except RunSupersededError as superseded:
+            # The failure may be the fence's doing (PostgreSQL ended the session of a frozen
+            # worker): either way the run belongs to another attempt, so no retry from here.
+            return Superseded(superseded)
         except Exception as record_error:  # the database may be what failed; the relay repairs
             exc.add_note(f"could not record {state}: {describe(record_error)}")
         return outcome
 
 
-def _report(task: str, outcome: Done[R] | RetryLater | Failed, seconds: float) -> None:
+def _report(task: str, outcome: Outcome[R], seconds: float) -> None:
     """One log line and the metrics per finished attempt. Errors are named, not dumped: an
     exception's text may quote task arguments."""
     TASK_DURATION.labels(task).observe(seconds)
@@ -275,6 +321,12 @@ def _report(task: str, outcome: Done[R] | RetryLater | Failed, seconds: float) -
     if isinstance(outcome, Done):
         TASKS_SUCCEEDED.labels(task).inc()
         log.info("task finished", extra={**fields, "outcome": "succeeded"})
+    elif isinstance(outcome, Superseded):
+        TASKS_SUPERSEDED.labels(task).inc()
+        log.warning(
+            "task finished",
+            extra={**fields, "outcome": "superseded", "error": type(outcome.error).__name__},
+        )
     elif isinstance(outcome, RetryLater):
         TASKS_RETRIED.labels(task).inc()
         log.warning(
@@ -301,7 +353,7 @@ def run_recorded(
     contract: TaskContract[ArgsT, ResultT],
     core: Core[ArgsT, ResultT],
     kwargs: dict[str, object],
-    commits_in_batches: bool = False,
+    commits: bool = False,
 ) -> ResultT:
     """The body of every recorded task: run the core with its run recorded, then let Celery
     retry or fail the message according to the outcome."""
@@ -313,12 +365,16 @@ def run_recorded(
         request_id=getattr(request, REQUEST_ID_HEADER, None),
         retries=request.retries or 0,
         max_retries=task.max_retries or 0,
+        soft_time_limit=contract.soft_time_limit or settings.task_soft_time_limit,
     )
-    outcome = run_async(execute(run, contract, core, commits_in_batches))
+    outcome = run_async(execute(run, contract, core, commits))
     if isinstance(outcome, RetryLater):
         raise task.retry(exc=outcome.error, countdown=outcome.countdown)
     if isinstance(outcome, Failed):
         raise outcome.error
+    if isinstance(outcome, Superseded):
+        # Acked without a retry or a failure: the run's current attempt records its outcome.
+        raise Ignore(str(outcome.error))
     return outcome.value
 
 
@@ -353,5 +409,6 @@ def run_unrecorded(
 async def _run_quietly(
     contract: TaskContract[ArgsT, ResultT], core: Core[ArgsT, ResultT], kwargs: dict[str, object]
 ) -> ResultT:
-    async with get_task_session() as db:
+    limit = contract.soft_time_limit or settings.task_soft_time_limit
+    async with get_task_session() as db, asyncio.timeout(limit):
         return await core(contract.args.model_validate(kwargs), db)

@@ -51,7 +51,7 @@ def _run_id(value: str) -> uuid.UUID:
 @router.post(
     "/tasks",
     status_code=status.HTTP_202_ACCEPTED,
-    responses=error_responses(401, 403, 409, 413, 422),
+    responses=error_responses(401, 403, 409, 413, 415, 422),
 )
 async def enqueue_task(
     body: TaskEnqueueIn,

@@ -22,7 +22,7 @@ UserId = Annotated[int, Path(ge=1, le=BIGINT_MAX)]
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses=error_responses(401, 409, 413, 422),
+    responses=error_responses(401, 409, 413, 415, 422),
 )
 async def create_user(
     body: UserCreateIn, db: DbSession, resources: AppResources, _: AnyToken, response: Response
@@ -65,7 +65,7 @@ async def read_user(user_id: UserId, db: DbSession, _: AnyToken) -> UserOut:
     return UserOut.model_validate(await service.get_user(db, user_id))
 
 
-@router.patch("/{user_id}", responses=error_responses(401, 404, 413, 422))
+@router.patch("/{user_id}", responses=error_responses(401, 404, 413, 415, 422))
 async def update_user(user_id: UserId, body: UserUpdateIn, db: DbSession, _: AnyToken) -> UserOut:
     """Change the name or (de)activate; fields left out stay as they are."""
     return UserOut.model_validate(await service.update_user(db, user_id, body.to_change()))

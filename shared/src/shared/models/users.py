@@ -1,3 +1,4 @@
+import uuid
 from datetime import datetime
 
 from sqlalchemy import BigInteger, Identity, Index, String, func, text
@@ -23,4 +24,8 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     last_seen_at: Mapped[datetime | None]
     welcome_email_sent_at: Mapped[datetime | None]
+    # Who is sending the welcome email, and until when the claim holds (worker.users.tasks):
+    # the row is not locked while the mail server answers.
+    welcome_email_claim: Mapped[uuid.UUID | None]
+    welcome_email_claimed_until: Mapped[datetime | None]
     deactivated_at: Mapped[datetime | None]

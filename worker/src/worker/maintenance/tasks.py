@@ -13,7 +13,7 @@ from worker.decorator import task
 PRUNE_PAGES = 128
 
 
-@task(PRUNE_LOGS, commits_in_batches=True)
+@task(PRUNE_LOGS, commits=True)
 async def prune_logs(args: PruneLogsArgs, db: AsyncSession) -> int:
     """Delete finished task runs older than `args.days`, a batch at a time; unfinished runs
     are never touched.

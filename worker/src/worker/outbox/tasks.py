@@ -13,7 +13,7 @@ from worker.decorator import task
 from worker.runtime import get_task_broker
 
 
-@task(RELAY_OUTBOX, commits_in_batches=True)
+@task(RELAY_OUTBOX, commits=True)
 async def relay_outbox(args: NoArgs, db: AsyncSession) -> int:
     """A quiet task (see its contract): no run row per tick, and a log line only when it
     handled something."""

@@ -1,11 +1,13 @@
 """The welcome email: composed here, sent over SMTP with aiosmtplib."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from email.message import EmailMessage
 from html import escape
 
-import aiosmtplib
-
 from shared.settings import settings
+from worker.runtime import get_smtp_pool
+from worker.smtp import Sender, send_once
 
 
 def welcome_message(email: str, full_name: str) -> EmailMessage:
@@ -20,14 +22,19 @@ def welcome_message(email: str, full_name: str) -> EmailMessage:
     return message
 
 
+@asynccontextmanager
+async def sender() -> AsyncIterator[Sender]:
+    """A way to send one message, ready to use: a slot among the process's pooled sessions, or
+    on any other loop (a test's, a task written with `asyncio.run()`) a session of its own.
+    Each delivery is bounded by SMTP_TIMEOUT either way."""
+    pool = get_smtp_pool()
+    if pool is None:
+        yield send_once
+        return
+    async with pool.reserved() as deliver:
+        yield deliver
+
+
 async def send(message: EmailMessage) -> None:
-    password = settings.smtp_password.get_secret_value()
-    await aiosmtplib.send(
-        message,
-        hostname=settings.smtp_host,
-        port=settings.smtp_port,
-        username=settings.smtp_username or None,
-        password=password or None,
-        start_tls=settings.smtp_starttls,
-        timeout=settings.smtp_timeout,
-    )
+    async with sender() as deliver:
+        await deliver(message)

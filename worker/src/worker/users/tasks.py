@@ -1,8 +1,11 @@
 """Tasks of the users domain."""
 
+import contextlib
+import logging
+import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Interval, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.contracts import (
@@ -12,39 +15,97 @@ from shared.contracts import (
     SendWelcomeEmailArgs,
 )
 from shared.models import User
+from shared.settings import settings
+from shared.users.addresses import smtp_address
 from worker.decorator import task
+from worker.errors import ClaimHeld
 from worker.users import email
 
+log = logging.getLogger("worker.tasks")
+
+_NOW = func.now()
 INACTIVE_AFTER = timedelta(days=90)
 # Ten thousand ids per UPDATE keeps each batch's row locks well under a second.
 DEACTIVATE_BATCH = 10_000
 
 
-@task(SEND_WELCOME_EMAIL)
+# A claim outlives the longest send (SMTP_TIMEOUT) by this much: a run that claimed and died
+# holds the user back for at most SMTP_TIMEOUT + CLAIM_MARGIN.
+CLAIM_MARGIN = timedelta(seconds=5)
+
+_CLAIM = (
+    update(User)
+    .where(
+        User.id == bindparam("user_id"),
+        User.welcome_email_sent_at.is_(None),
+        or_(User.welcome_email_claimed_until.is_(None), User.welcome_email_claimed_until < _NOW),
+    )
+    .values(
+        welcome_email_claim=bindparam("claim"),
+        welcome_email_claimed_until=_NOW + bindparam("hold", type_=Interval),
+    )
+    .returning(User.email, User.full_name)
+)
+_SENT_OR_CLAIMED = select(User.welcome_email_sent_at).where(User.id == bindparam("user_id"))
+_RELEASE = (
+    update(User)
+    .where(User.id == bindparam("user_id"), User.welcome_email_claim == bindparam("claim"))
+    .values(welcome_email_claim=None, welcome_email_claimed_until=None)
+)
+# The fence: only the holder of the claim stamps.
+_STAMP = (
+    update(User)
+    .where(User.id == bindparam("user_id"), User.welcome_email_claim == bindparam("claim"))
+    .values(welcome_email_sent_at=_NOW, welcome_email_claim=None, welcome_email_claimed_until=None)
+)
+
+
+# commits: the claim commits before the send, so no connection is held while the mail server
+# answers; the stamp commits with SUCCEEDED.
+@task(SEND_WELCOME_EMAIL, commits=True)
 async def send_welcome_email(args: SendWelcomeEmailArgs, db: AsyncSession) -> bool:
     """Send the welcome email once; False when there is nothing to send.
 
-    The user's row stays locked from the check to the commit (of the run's transaction, with
-    its SUCCEEDED record), so two deliveries of the same run (or two runs for one user) cannot
-    both send. A duplicate email is possible only if the worker dies between the SMTP server's
-    acceptance and the commit.
+    No transaction stays open while the mail server answers: the run claims the user row in a
+    short transaction (committed), sends, then stamps the row in the run's own transaction, in
+    which the runtime records SUCCEEDED. Another run (or another delivery of this one) finds the
+    claim and retries later; a claim whose holder died expires after SMTP_TIMEOUT +
+    CLAIM_MARGIN. A duplicate email is possible only if the worker dies between the SMTP
+    server's acceptance and the commit of the stamp.
     """
-    user = await db.scalar(select(User).where(User.id == args.user_id).with_for_update())
-    if user is None or user.welcome_email_sent_at is not None:
-        return False
-    await email.send(email.welcome_message(user.email, user.full_name))
-    user.welcome_email_sent_at = datetime.now(UTC)
-    await db.flush()
-    return True
+    claim = uuid.uuid4()
+    params = {"user_id": args.user_id, "claim": claim}
+    hold = timedelta(seconds=settings.smtp_timeout) + CLAIM_MARGIN
+    async with email.sender() as deliver:
+        # The SMTP slot is ours before the claim starts counting: the claim covers the send only.
+        claimed = (await db.execute(_CLAIM, {**params, "hold": hold})).one_or_none()
+        await db.commit()  # the connection goes back to the pool until the stamp
+        if claimed is None:
+            user = (await db.execute(_SENT_OR_CLAIMED, params)).one_or_none()
+            if user is not None and user.welcome_email_sent_at is None:
+                raise ClaimHeld("another run is sending this user's welcome email")
+            return False  # no such user, or its welcome email went out
+        try:
+            await deliver(email.welcome_message(smtp_address(claimed.email), claimed.full_name))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await db.rollback()
+                await db.execute(_RELEASE, params)
+                await db.commit()
+            raise
+        connection = await db.connection()
+        if (await connection.execute(_STAMP, params)).rowcount != 1:
+            log.warning("welcome email sent after its claim expired and was taken over")
+        return True
 
 
-@task(DEACTIVATE_INACTIVE_USERS, commits_in_batches=True)
+@task(DEACTIVATE_INACTIVE_USERS, commits=True)
 async def deactivate_inactive_users(args: NoArgs, db: AsyncSession) -> int:
     """Deactivate active users idle (last seen, else created) for more than INACTIVE_AFTER.
 
-    Set-based UPDATEs over primary-key ranges, each batch committed on its own: no rows are
-    loaded into Python, and no batch holds its row locks for long while the API writes. Run
-    twice, the second run finds nothing left to deactivate.
+    Set-based UPDATEs over primary-key ranges, each batch committed on its own (hence
+    `commits=True`): no rows are loaded into Python, and no batch holds its row locks for long
+    while the API writes. Run again after a crash, it finds only what is left to deactivate.
     """
     cutoff = datetime.now(UTC) - INACTIVE_AFTER
     lowest, highest = (await db.execute(select(func.min(User.id), func.max(User.id)))).one()
