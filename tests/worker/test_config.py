@@ -1,14 +1,17 @@
 """The delivery settings, decided explicitly (see worker/delivery.py for why each), and the
 beat schedule built from the contracts (worker/schedule.py)."""
 
+import json
 from datetime import timedelta
 
 import pytest
 from celery.schedules import crontab
+from redis import Redis
 
 from shared.contracts import CONTRACTS, PRUNE_LOGS, Queue
 from shared.schedules import Cron, Every, parse_schedule
 from shared.settings import settings
+from tests.environment import TEST_REDIS_URL
 from worker.celery_app import app
 from worker.schedule import beat_schedule, to_celery
 from worker.visibility import VisibilityRenewal
@@ -51,11 +54,19 @@ def test_running_tasks_stop_when_the_broker_connection_is_lost() -> None:
     assert conf.worker_cancel_long_running_tasks_on_connection_loss is True
 
 
-def test_queues_and_routes_come_from_the_contracts() -> None:
-    assert {queue.name for queue in conf.task_queues} == {q.value for q in Queue}
-    assert conf.task_routes == {
-        name: {"queue": contract.queue.value} for name, contract in CONTRACTS.items()
-    }
+def test_a_task_sent_by_name_alone_lands_on_its_contracts_queue() -> None:
+    """What beat and any producer without a queue of its own rely on: the app routes by name."""
+    with Redis.from_url(TEST_REDIS_URL) as redis:
+        redis.flushdb()  # this xdist worker's index of the suite's own Redis
+        for name in CONTRACTS:
+            app.send_task(name, kwargs={})
+        landed = {
+            json.loads(raw)["headers"]["task"]: queue.value
+            for queue in Queue
+            for raw in redis.lrange(queue.value, 0, -1)
+        }
+        redis.flushdb()
+    assert landed == {name: contract.queue.value for name, contract in CONTRACTS.items()}
 
 
 def test_schedules_accept_crontab_or_seconds() -> None:

@@ -13,6 +13,7 @@ from shared.contracts import NoArgs, SendWelcomeEmailArgs
 from shared.models import User
 from shared.settings import settings
 from tests.fixtures.smtp import Mailbox
+from tests.fixtures.users import add_user
 from worker.errors import ClaimHeld
 from worker.users.tasks import deactivate_inactive_users, send_welcome_email
 
@@ -24,13 +25,6 @@ def mail_to(smtp_server: Mailbox, monkeypatch: pytest.MonkeyPatch) -> Mailbox:
     monkeypatch.setattr(settings, "smtp_host", "127.0.0.1")
     monkeypatch.setattr(settings, "smtp_port", smtp_server.port)
     return smtp_server
-
-
-async def add_user(db: AsyncSession, email: str = "grace@example.com", **values: object) -> User:
-    user = User(email=email, full_name="Grace Hopper", **values)
-    db.add(user)
-    await db.flush()
-    return user
 
 
 async def test_welcome_email_is_sent_once_with_text_and_html(

@@ -39,11 +39,11 @@ BIGINT_MAX = 2**63 - 1
 
 
 class SendWelcomeEmailArgs(TaskArgs):
-    user_id: int = Field(ge=1, le=BIGINT_MAX)
+    user_id: int = Field(ge=1, le=BIGINT_MAX, description="The user to welcome")
 
 
 class PruneLogsArgs(TaskArgs):
-    days: int = Field(ge=1, le=36_500)
+    days: int = Field(ge=1, le=36_500, description="Keep finished runs younger than this")
 
 
 ArgsT = TypeVar("ArgsT", bound=TaskArgs)
@@ -61,7 +61,7 @@ class TaskContract(Generic[ArgsT, ResultT]):
     result: type[ResultT]
     queue: Queue
     enqueueable: bool  # may an admin enqueue it through POST /tasks?
-    description: str = ""
+    description: str = ""  # one line, shown by GET /task-types
     periodic: Periodic | None = None  # beat sends it on this schedule
     max_retries: int | None = None  # transient failures retried this many times
     # Seconds a run may take before it is cancelled (None: TASK_SOFT_TIME_LIMIT), and whether

@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     admin_token: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
     api_tokens: Annotated[list[SecretStr], NoDecode] = [SecretStr(DEV_API_TOKEN)]
     api_port: int = Field(default=8000, ge=1, le=65535)
+    # Loopback on a laptop; the api image sets 0.0.0.0, since a pod is reached on its own IP.
+    api_bind_address: str = "127.0.0.1"
 
     # Delivery timings: tests shrink these so a kill-and-redeliver case takes seconds.
     task_soft_time_limit: int = Field(default=300, ge=1)
