@@ -53,6 +53,7 @@ bench-maintenance: services
 	uv run python -m bench.maintenance
 
 bench-api: services
+	uv run python scripts/ensure_services.py --wrk
 	uv run python -m bench.api
 
 # Soak: the whole stack for SOAK_MINUTES at SOAK_RATE sign-ups/s, the worker SIGKILLed every
