@@ -66,7 +66,7 @@ def noop() -> None:
 
 
 async def touch_user_core(args: TouchUserArgs, db: AsyncSession) -> bool:
-    """`send_welcome_email_core` minus the email: the row stays locked from check to commit."""
+    """`send_welcome_email` minus the email: the row stays locked from check to commit."""
     user = await db.scalar(select(User).where(User.id == args.user_id).with_for_update())
     if user is None or user.welcome_email_sent_at is not None:
         return False
