@@ -1,6 +1,4 @@
 import asyncio
-import base64
-import json
 import uuid
 from collections.abc import AsyncIterator
 
@@ -17,6 +15,7 @@ from shared.db import make_sessionmaker
 from shared.models import TaskRun, TaskState, User
 from shared.settings import settings
 from tests.fixtures.api import ADMIN, CLIENT
+from tests.fixtures.cursors import forged_cursor
 
 
 async def create(client: AsyncClient, email: str = "ada@example.com", **extra: object) -> dict:  # type: ignore[type-arg]
@@ -293,17 +292,13 @@ async def test_bodies_over_64_kib_are_413(client: AsyncClient) -> None:
     assert streamed.status_code == 413
 
 
-def _cursor(*key: object) -> str:
-    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
-
-
 @pytest.mark.parametrize(
     "key", [[2**63], [10**20], [-(10**20)], [-1], [True], [1.5], ["1"], [1, 2], [None], []]
 )
 async def test_forged_cursors_outside_a_bigint_or_of_the_wrong_shape_are_422(
     client: AsyncClient, key: list[object]
 ) -> None:
-    response = await client.get("/users", params={"cursor": _cursor(*key)}, headers=CLIENT)
+    response = await client.get("/users", params={"cursor": forged_cursor(*key)}, headers=CLIENT)
     assert response.status_code == 422
     assert response.json() == {
         "detail": "invalid cursor: pass next_cursor from a previous page unchanged"
@@ -314,9 +309,9 @@ async def test_a_cursor_at_the_ends_of_the_id_range_is_an_empty_or_full_page(
     client: AsyncClient,
 ) -> None:
     user = await create(client)
-    first = await client.get("/users", params={"cursor": _cursor(0)}, headers=CLIENT)
+    first = await client.get("/users", params={"cursor": forged_cursor(0)}, headers=CLIENT)
     assert [u["id"] for u in first.json()["items"]] == [user["id"]]
-    last = await client.get("/users", params={"cursor": _cursor(2**63 - 1)}, headers=CLIENT)
+    last = await client.get("/users", params={"cursor": forged_cursor(2**63 - 1)}, headers=CLIENT)
     assert last.json() == {"items": [], "next_cursor": None}
 
 

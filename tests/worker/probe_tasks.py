@@ -9,12 +9,14 @@ from typing import Any
 
 from celery import Task
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.contracts import Queue, TaskArgs, TaskContract
 from shared.models import User
 from shared.settings import settings
+from tests.fixtures.waiting import eventually
 from worker.celery_app import app, get_task_session, run_async
 from worker.recording import run_recorded
 
@@ -29,6 +31,16 @@ def report(document: dict[str, object]) -> None:
     """Tell the test what happened, through Redis (the worker keeps no results)."""
     with Redis.from_url(settings.redis_url.get_secret_value()) as redis:
         redis.rpush(REPORTS_KEY, json.dumps(document))
+
+
+async def reports(redis: AsyncRedis, count: int, timeout: float = 90) -> list[dict[str, int]]:
+    """The test's side of `report`: the first `count` reports, once they are all in."""
+
+    async def enough() -> bool:
+        return int(await redis.llen(REPORTS_KEY)) >= count
+
+    await eventually(enough, timeout, f"{count} task reports")
+    return [json.loads(r) for r in await redis.lrange(REPORTS_KEY, 0, -1)]
 
 
 async def _whoami() -> dict[str, object]:
@@ -71,6 +83,18 @@ async def _slow_update(args: SlowUpdateArgs, db: AsyncSession) -> int:
     report({"started": os.getpid()})
     await asyncio.sleep(args.seconds)
     return 1
+
+
+RETRY_ONCE = "tests.retry_once"
+
+
+@app.task(name=RETRY_ONCE, bind=True, max_retries=1)
+def retry_once(self: Task[Any, Any], /, countdown: float) -> None:
+    """Reports each delivery it runs, and asks for one retry after `countdown` seconds: the
+    retry waits out its countdown in a worker's hands (an ETA message, unacked all along)."""
+    report({"retry_once": self.request.retries, "pid": os.getpid()})
+    if not self.request.retries:
+        raise self.retry(countdown=countdown)
 
 
 class SleepArgs(TaskArgs):

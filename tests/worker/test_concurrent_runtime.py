@@ -13,18 +13,11 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.models import TaskState
-from tests.faults.stack import (
-    create_users,
-    emails_per_address,
-    own_redis,
-    publish,
-    queue_welcome_runs,
-    runs_by_id,
-    unfinished_runs,
-    users_without_email,
-)
+from tests.faults.stack import emails_per_address, own_redis, users_without_email
 from tests.fixtures.processes import Processes
+from tests.fixtures.runs import publish, queue_welcome_runs, runs_by_id, unfinished_runs
 from tests.fixtures.smtp import Mailbox, SlowMailbox, smtp_env
+from tests.fixtures.users import insert_users, numbered_emails
 from tests.fixtures.waiting import eventually, wait_until
 from tests.worker.probe_tasks import PROBE_APP, SLEEP, SLEEP_RETRIED
 
@@ -57,7 +50,7 @@ async def test_200_runs_in_flight_hold_no_more_database_connections_than_the_poo
     processes: Processes, e2e_redis: Redis, e2e_engine: AsyncEngine, slow_smtp_server: SlowMailbox
 ) -> None:
     users, pool_size = 200, 3
-    user_ids = await create_users(e2e_engine, "many", users)
+    user_ids = await insert_users(e2e_engine, *numbered_emails("many", users))
     run_ids = await queue_welcome_runs(e2e_engine, e2e_redis, user_ids)
     processes.worker(
         pool="threads",
@@ -98,7 +91,7 @@ async def test_smtp_sessions_are_reused_across_messages_and_bounded_by_the_pool(
     processes: Processes, e2e_redis: Redis, e2e_engine: AsyncEngine, slow_smtp_server: SlowMailbox
 ) -> None:
     slow_smtp_server.delay = 0.05
-    user_ids = await create_users(e2e_engine, "reuse", 60)
+    user_ids = await insert_users(e2e_engine, *numbered_emails("reuse", 60))
     run_ids = await queue_welcome_runs(e2e_engine, e2e_redis, user_ids)
     processes.worker(
         pool="threads", concurrency=20, SMTP_POOL_SIZE="4", **smtp_env(slow_smtp_server)
@@ -113,9 +106,9 @@ async def test_smtp_sessions_are_reused_across_messages_and_bounded_by_the_pool(
 async def test_a_run_past_its_soft_limit_is_cut_off_without_holding_up_the_others(
     processes: Processes, e2e_redis: Redis, e2e_engine: AsyncEngine, smtp_server: Mailbox
 ) -> None:
-    failing = await publish(e2e_redis, SLEEP.name, seconds=60)
-    retried = await publish(e2e_redis, SLEEP_RETRIED.name, seconds=60)
-    user_ids = await create_users(e2e_engine, "beside", 30)
+    [failing] = await publish(e2e_redis, SLEEP.name, seconds=60)
+    [retried] = await publish(e2e_redis, SLEEP_RETRIED.name, seconds=60)
+    user_ids = await insert_users(e2e_engine, *numbered_emails("beside", 30))
     run_ids = await queue_welcome_runs(e2e_engine, e2e_redis, user_ids)
     processes.worker(app=PROBE_APP, pool="threads", concurrency=10, **smtp_env(smtp_server))
     started = time.monotonic()
@@ -163,7 +156,7 @@ async def test_sigkill_with_runs_in_flight_loses_none_and_sends_each_email_once(
     users = 120
     redis, _ = own_redis(processes)
     processes.env.update(**SHORT_LIMITS, **smtp_env(slow_smtp_server))
-    user_ids = await create_users(e2e_engine, "kill", users)
+    user_ids = await insert_users(e2e_engine, *numbered_emails("kill", users))
     run_ids = await queue_welcome_runs(e2e_engine, redis, user_ids)
     worker = processes.worker(pool="threads", concurrency=40)
 
@@ -196,7 +189,7 @@ async def test_sigterm_finishes_the_runs_in_flight_and_gives_back_the_rest(
     users = 100
     redis, _ = own_redis(processes)
     processes.env.update(**smtp_env(slow_smtp_server))
-    user_ids = await create_users(e2e_engine, "term", users)
+    user_ids = await insert_users(e2e_engine, *numbered_emails("term", users))
     run_ids = await queue_welcome_runs(e2e_engine, redis, user_ids)
     worker = processes.worker(pool="threads", concurrency=20)
 

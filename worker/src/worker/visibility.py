@@ -42,16 +42,27 @@ log = logging.getLogger("worker.visibility")
 # sweep would take the message. Capped at 5 s so that a longer timeout still renews often
 # enough for a worker configured with a shorter one (a rolling change of the setting).
 RENEWALS_PER_TIMEOUT = 6
-RENEW_INTERVAL = min(settings.broker_visibility_timeout / RENEWALS_PER_TIMEOUT, 5.0)
+LONGEST_RENEW_INTERVAL = 5.0
+
+
+def renew_interval(timeout: float) -> float:
+    return min(timeout / RENEWALS_PER_TIMEOUT, LONGEST_RENEW_INTERVAL)
+
+
+def blocked_main_process_bound(timeout: float) -> float:
+    """The longest a worker's main process may stop (blocked, stopped, starved) and keep its
+    messages: its last renewal may be one interval old when it stops; one more interval of
+    margin for a timer that fires late."""
+    return timeout - 2 * renew_interval(timeout)
+
+
+RENEW_INTERVAL = renew_interval(settings.broker_visibility_timeout)
+BLOCKED_MAIN_PROCESS_BOUND = blocked_main_process_bound(settings.broker_visibility_timeout)
 # The sweep runs as often as the renewal, on every call (no throttle). Its lock must not
 # outlive a worker killed while sweeping by much more than one interval: kombu's default (300 s)
 # would stop every sweep for five minutes after such a kill.
 SWEEP_INTERVAL = RENEW_INTERVAL
 SWEEP_LOCK_SECONDS = max(1, round(RENEW_INTERVAL))
-# The longest a worker's main process may stop (blocked, stopped, starved) and keep its
-# messages: the last renewal may be one interval old when it stops; one more interval of
-# margin for a late timer.
-BLOCKED_MAIN_PROCESS_BOUND = settings.broker_visibility_timeout - 2 * RENEW_INTERVAL
 # At most this many tags per ZADD: a worker holding thousands of ETA messages does not send
 # one command of megabytes.
 RENEW_BATCH = 1000
