@@ -29,6 +29,7 @@ types: sync
 	uv run mypy
 
 test: lint types services
+	uv run python scripts/ensure_services.py --redis-server
 	uv run pytest -n $(PYTEST_WORKERS) --maxprocesses 6 --dist loadgroup
 
 migrate: sync

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from redis import Redis
 
 from shared.beat import REDBEAT_KEY_PREFIX
 from shared.contracts import CONTRACTS
+from shared.settings import settings
 from tests.environment import TEST_REDIS_URL
 from worker.beat import HeartbeatScheduler
 from worker.celery_app import app
+
+
+@pytest.fixture(autouse=True)
+def heartbeats_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scheduler writes its heartbeat file: in the test's folder, not the machine's /tmp."""
+    monkeypatch.setattr(settings, "heartbeat_dir", str(tmp_path))
 
 
 @pytest.fixture
