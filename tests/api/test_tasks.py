@@ -1,5 +1,3 @@
-import base64
-import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -12,7 +10,8 @@ from api.errors import SEND_JSON
 from shared.beat import SCHEDULE_KEY
 from shared.contracts import CONTRACTS, PRUNE_LOGS, RELAY_OUTBOX, SEND_WELCOME_EMAIL, Queue
 from shared.models import TaskRun, TaskState
-from tests.fixtures.api import ADMIN, CLIENT
+from tests.fixtures.api import ADMIN, CLIENT, post_bytes
+from tests.fixtures.cursors import forged_cursor
 
 PRUNE = {"name": "maintenance.prune_logs", "kwargs": {"days": 7}}
 NIL = "00000000-0000-0000-0000-000000000000"
@@ -96,7 +95,7 @@ async def test_unknown_or_malformed_run_ids_are_404(client: AsyncClient, run_id:
     assert (await client.get(f"/tasks/{run_id}", headers=CLIENT)).status_code == 404
 
 
-async def test_list_runs_newest_first_with_filters_and_cursor(
+async def test_list_runs_newest_first_with_filters_andforged_cursor(
     client: AsyncClient, db: AsyncSession
 ) -> None:
     now = datetime.now(UTC)
@@ -157,10 +156,6 @@ async def test_schedules_are_read_from_beats_state_in_redis(
     ]
 
 
-def _cursor(*key: object) -> str:
-    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
-
-
 @pytest.mark.parametrize(
     "key",
     [
@@ -175,7 +170,7 @@ def _cursor(*key: object) -> str:
     ],
 )
 async def test_forged_cursors_are_422(client: AsyncClient, key: list[object]) -> None:
-    response = await client.get("/tasks", params={"cursor": _cursor(*key)}, headers=ADMIN)
+    response = await client.get("/tasks", params={"cursor": forged_cursor(*key)}, headers=ADMIN)
     assert response.status_code == 422
     assert response.json() == {
         "detail": "invalid cursor: pass next_cursor from a previous page unchanged"
@@ -189,11 +184,11 @@ async def test_a_cursor_at_the_ends_of_the_date_range_pages_from_there(
     db.add(run)
     await db.flush()
     latest = await client.get(
-        "/tasks", params={"cursor": _cursor("9999-12-31T23:59:59+00:00", NIL)}, headers=ADMIN
+        "/tasks", params={"cursor": forged_cursor("9999-12-31T23:59:59+00:00", NIL)}, headers=ADMIN
     )
     assert [r["id"] for r in latest.json()["items"]] == [str(run.id)]
     earliest = await client.get(
-        "/tasks", params={"cursor": _cursor("0001-01-01T00:00:00-14:00", NIL)}, headers=ADMIN
+        "/tasks", params={"cursor": forged_cursor("0001-01-01T00:00:00-14:00", NIL)}, headers=ADMIN
     )
     assert earliest.json() == {"items": [], "next_cursor": None}
 
@@ -268,9 +263,7 @@ async def test_sql_looking_filters_and_keys_are_only_data(
 async def test_malformed_task_bodies_are_422(
     client: AsyncClient, content: bytes, content_type: str
 ) -> None:
-    response = await client.post(
-        "/tasks", content=content, headers={**ADMIN, "Content-Type": content_type}
-    )
+    response = await post_bytes(client, "/tasks", content, content_type, ADMIN)
     assert response.status_code == 422, response.text
     assert response.json()["detail"]
 
@@ -285,9 +278,7 @@ async def test_malformed_task_bodies_are_422(
 async def test_task_bodies_not_sent_as_json_are_415(
     client: AsyncClient, content: bytes, content_type: str
 ) -> None:
-    response = await client.post(
-        "/tasks", content=content, headers={**ADMIN, "Content-Type": content_type}
-    )
+    response = await post_bytes(client, "/tasks", content, content_type, ADMIN)
     assert response.status_code == 415, response.text
     assert response.json() == {"detail": SEND_JSON}
 

@@ -17,16 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.contracts import SEND_WELCOME_EMAIL
 from shared.models import TaskState
-from tests.faults.stack import (
-    create_users,
-    emails_per_address,
-    publish,
-    queue_welcome_runs,
-    runs_by_id,
-    users_without_email,
-)
+from tests.faults.stack import emails_per_address, users_without_email
 from tests.fixtures.processes import Proc, Processes
+from tests.fixtures.runs import publish, queue_welcome_runs, runs_by_id
 from tests.fixtures.smtp import Mailbox, smtp_env
+from tests.fixtures.users import insert_users, numbered_emails
 from tests.fixtures.waiting import eventually
 from tests.worker.probe_tasks import REPORTS_KEY
 
@@ -80,11 +75,11 @@ async def test_a_killed_workers_runs_finish_on_another_worker_within_60_seconds(
     processes.worker(concurrency=2)  # the survivor
     victim = processes.worker(concurrency=2)
     half = USERS // 2
-    user_ids = await create_users(e2e_engine, "crash", USERS)
+    user_ids = await insert_users(e2e_engine, *numbered_emails("crash", USERS))
     # Runs the API wrote (outbox rows), and messages from a producer that wrote no row.
     run_ids = await queue_welcome_runs(e2e_engine, e2e_redis, user_ids[:half])
     for user_id in user_ids[half:]:
-        run_ids.append(await publish(e2e_redis, SEND_WELCOME_EMAIL.name, user_id=user_id))
+        run_ids += await publish(e2e_redis, SEND_WELCOME_EMAIL.name, user_id=user_id)
 
     # Late in the batch, so that the survivor's share of the rest takes seconds, not the
     # visibility timeout: then what stays unacked is plainly the dead worker's.
