@@ -8,10 +8,10 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.fixtures.processes import Processes
+from tests.fixtures.runs import publish
 from tests.fixtures.waiting import eventually
 from tests.test_observability import samples
-from tests.worker.probe_tasks import PROBE_APP, SLOW_UPDATE
-from tests.worker.test_runtime import publish, reports
+from tests.worker.probe_tasks import PROBE_APP, SLOW_UPDATE, reports
 
 NAME = "probe-kind"
 IN_FLIGHT = ("worker_runs_in_flight", (("worker", NAME),))
