@@ -31,6 +31,7 @@ types: sync
 # Then the images, built and run for real (smoke test and compose check): where no Docker engine
 # answers or can be started it says so and passes, except under CI=true.
 test: lint types services
+	uv run python scripts/ensure_services.py --redis-server
 	uv run pytest -n $(PYTEST_WORKERS) --maxprocesses 6 --dist loadgroup
 	uv run python -m scripts.containers check
 
@@ -59,6 +60,7 @@ bench-maintenance: services
 	uv run python -m bench.maintenance
 
 bench-api: services
+	uv run python scripts/ensure_services.py --wrk
 	uv run python -m bench.api
 
 # Soak: the whole stack for SOAK_MINUTES at SOAK_RATE sign-ups/s, the worker SIGKILLed every
