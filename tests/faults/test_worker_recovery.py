@@ -11,6 +11,7 @@ import signal
 import time
 import uuid
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,24 +103,58 @@ async def send_welcome_batch(
     return Batch(victim, run_ids)
 
 
-async def victims_of(batch: Batch, engine: AsyncEngine, redis: Redis) -> set[uuid.UUID]:
-    """Right after the victim went: the runs whose messages it held (running, reserved, or done
-    but not acked), which no one renews now. Waits until the survivor finished the rest."""
+@dataclass
+class Held:
+    """What the victim had when it went, once the survivor finished everything else."""
+
+    victims: set[uuid.UUID]  # messages it held unacked: running, reserved, or done not acked
+    # A message it had popped from the queue but not yet recorded as unacked (kombu's window
+    # between BRPOP's reply and its own bookkeeping, in the victim's socket buffer): in Redis
+    # nowhere. At most one per worker, one BRPOP at a time.
+    in_its_buffer: set[uuid.UUID]
+
+
+async def victims_of(batch: Batch, engine: AsyncEngine, redis: Redis) -> Held:
+    """Right after the victim went: the runs whose messages it held, which no one renews now.
+    Waits until the survivor finished the rest."""
     held_when_it_went = held_run_ids(await redis.hgetall("unacked"))
+
+    async def unfinished_elsewhere(unacked: set[uuid.UUID]) -> set[uuid.UUID]:
+        runs = await runs_by_id(engine, batch.run_ids)
+        return {
+            run_id
+            for run_id in batch.run_ids
+            if run_id not in unacked
+            and (run_id not in runs or runs[run_id].state != TaskState.SUCCEEDED)
+        }
 
     async def only_the_victims_messages_left() -> bool:
         unacked = held_run_ids(await redis.hgetall("unacked"))
-        others = [run_id for run_id in batch.run_ids if run_id not in unacked]
         return (
             await redis.llen("default") == 0
             and unacked <= held_when_it_went
-            and await succeeded(engine, others) == len(others)
+            and len(await unfinished_elsewhere(unacked)) <= 1
         )
 
-    await eventually(only_the_victims_messages_left, 30, "the survivor to finish the rest")
+    try:
+        await eventually(only_the_victims_messages_left, 30, "the survivor to finish the rest")
+    except AssertionError as exc:
+        unacked = held_run_ids(await redis.hgetall("unacked"))
+        runs = await runs_by_id(engine, batch.run_ids)
+        unfinished = {
+            str(run_id): runs[run_id].state if run_id in runs else "no row"
+            for run_id in batch.run_ids
+            if run_id not in unacked
+            and (run_id not in runs or runs[run_id].state != TaskState.SUCCEEDED)
+        }
+        exc.add_note(
+            f"queued {await redis.llen('default')}; unacked {len(unacked)}, of which "
+            f"{len(unacked - held_when_it_went)} taken after; unfinished elsewhere {unfinished}"
+        )
+        raise
     victims = held_run_ids(await redis.hgetall("unacked"))
     assert victims, "the victim held no message when it went: nothing was tested"
-    return victims
+    return Held(victims, await unfinished_elsewhere(victims))
 
 
 async def wait_for_recovery(
@@ -137,18 +172,24 @@ async def wait_for_recovery(
 
 
 async def assert_each_effect_once(
-    batch: Batch, engine: AsyncEngine, smtp: Mailbox, victims: set[uuid.UUID]
+    batch: Batch,
+    engine: AsyncEngine,
+    smtp: Mailbox,
+    victims: set[uuid.UUID],
+    lost: AbstractSet[uuid.UUID] = frozenset(),
 ) -> int:
-    """Every run SUCCEEDED with its own first outcome; one email per user, except a second one
-    where the victim's SMTP exchange had been accepted but its commit not made (at most one
-    per run it held). Returns the number of duplicate emails."""
-    runs = await runs_by_id(engine, batch.run_ids)
-    assert len(runs) == USERS
+    """Every run SUCCEEDED with its own first outcome, but those `lost`; one email per user,
+    except a second one where the victim's SMTP exchange had been accepted but its commit not
+    made (at most one per run it held). Returns the number of duplicate emails."""
+    expected = [run_id for run_id in batch.run_ids if run_id not in lost]
+    runs = await runs_by_id(engine, expected)
+    assert len(runs) == len(expected)
     assert all(run.state == TaskState.SUCCEEDED for run in runs.values())
-    assert sorted(str(run.result) for run in runs.values()) == ["True"] * USERS
-    assert await users_without_email(engine) == 0
-    per_address = emails_per_address(smtp.wait_for(USERS, timeout=10))
-    assert set(per_address) == {f"crash{i}@example.com" for i in range(USERS)}
+    assert sorted(str(run.result) for run in runs.values()) == ["True"] * len(expected)
+    assert await users_without_email(engine) == len(lost)
+    per_address = emails_per_address(smtp.wait_for(len(expected), timeout=10))
+    addresses = {f"crash{i}@example.com" for i, r in enumerate(batch.run_ids) if r not in lost}
+    assert set(per_address) == addresses
     duplicates = {address: n for address, n in per_address.items() if n > 1}
     assert all(n == 2 for n in duplicates.values())
     assert len(duplicates) <= len(victims)
@@ -168,13 +209,17 @@ async def test_a_killed_workers_runs_finish_on_another_worker_within_60_seconds(
     processes.env.update(**limits)
     batch = await send_welcome_batch(processes, e2e_engine, e2e_redis, smtp_server, pool)
     killed_at = kill_whole_worker(batch.victim)
-    victims = await victims_of(batch, e2e_engine, e2e_redis)
-    recovered_in = await wait_for_recovery(victims, e2e_engine, e2e_redis, killed_at)
-    duplicates = await assert_each_effect_once(batch, e2e_engine, smtp_server, victims)
+    held = await victims_of(batch, e2e_engine, e2e_redis)
+    recovered_in = await wait_for_recovery(held.victims, e2e_engine, e2e_redis, killed_at)
+    # A message that died in the victim's socket buffer is in Redis nowhere: no renewal can
+    # bring it back (docs/operations.md, "Known limits"). Counted, and bounded, here.
+    lost = held.in_its_buffer
+    duplicates = await assert_each_effect_once(batch, e2e_engine, smtp_server, held.victims, lost)
     print(
-        f"\n{pool}, {limits or 'default limits'}: SIGKILL; the worker held {len(victims)} runs; "
-        f"all finished {recovered_in:.1f}s after the kill (promise {RECOVERY_PROMISE}s); "
-        f"{duplicates} duplicate emails"
+        f"\n{pool}, {limits or 'default limits'}: SIGKILL; the worker held "
+        f"{len(held.victims)} runs; all finished {recovered_in:.1f}s after the kill (promise "
+        f"{RECOVERY_PROMISE}s); {duplicates} duplicate emails; {len(lost)} message lost in its "
+        "socket buffer"
     )
     assert recovered_in < RECOVERY_PROMISE
 
@@ -186,20 +231,23 @@ async def test_a_frozen_workers_runs_go_elsewhere_and_thawed_it_records_nothing_
     os.killpg(batch.victim.popen.pid, signal.SIGSTOP)  # frozen, main process and children
     frozen_at = time.monotonic()
     try:
-        victims = await victims_of(batch, e2e_engine, e2e_redis)
+        held = await victims_of(batch, e2e_engine, e2e_redis)
+        victims = held.victims
         recovered_in = await wait_for_recovery(victims, e2e_engine, e2e_redis, frozen_at)
         recorded = await outcomes(e2e_engine, victims)
     finally:
         os.killpg(batch.victim.popen.pid, signal.SIGCONT)
 
-    # Thawed, it finishes what it was doing: every run it held was superseded or finished.
+    # Thawed, it finishes what it was doing: each run it held it gives up (superseded), finds
+    # finished (skipped), or had finished before the freeze. A message it had in its socket
+    # buffer, frozen, it now runs.
     def thawed_worker_done() -> bool:
         answered = {
             line.get("task_id")
             for line in batch.victim.log_lines()
-            if line.get("outcome") == "superseded" or "skipped" in str(line.get("message"))
+            if line.get("message") == "task finished" or "skipped" in str(line.get("message"))
         }
-        return {str(run_id) for run_id in victims} <= answered
+        return {str(run_id) for run_id in victims | held.in_its_buffer} <= answered
 
     await asyncio.to_thread(
         wait_until, thawed_worker_done, 60, "the thawed worker to give up what it held"
