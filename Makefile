@@ -8,6 +8,7 @@ export UV_PYTHON_DOWNLOADS := never
 PYTEST_WORKERS ?= auto
 
 .PHONY: test run lint types migrate services sync uv bench-worker bench-api bench-maintenance
+.PHONY: images smoke-images compose-check
 
 uv:
 	@command -v uv >/dev/null || python3 -m pip install --quiet --user uv \
@@ -27,8 +28,12 @@ lint: sync
 types: sync
 	uv run mypy
 
+# Then the images, built and run for real (smoke test and compose check): where no Docker engine
+# answers or can be started it says so and passes, except under CI=true.
 test: lint types services
+	uv run python scripts/ensure_services.py --redis-server
 	uv run pytest -n $(PYTEST_WORKERS) --maxprocesses 6 --dist loadgroup
+	uv run python -m scripts.containers check
 
 migrate: sync
 	uv run python scripts/ensure_services.py --create-database
@@ -37,6 +42,17 @@ migrate: sync
 run: migrate
 	uv run python scripts/run_stack.py
 
+# The container images, built and run for real (docs/deploy.md, "Building and checking the
+# images"). A Docker engine is started (and installed, as root) when none answers.
+images: sync
+	uv run python -m scripts.containers images
+
+smoke-images: services
+	uv run python -m scripts.containers smoke
+
+compose-check: sync
+	uv run python -m scripts.containers compose
+
 bench-worker: services
 	uv run python -m bench.worker
 
@@ -44,6 +60,7 @@ bench-maintenance: services
 	uv run python -m bench.maintenance
 
 bench-api: services
+	uv run python scripts/ensure_services.py --wrk
 	uv run python -m bench.api
 
 # Soak: the whole stack for SOAK_MINUTES at SOAK_RATE sign-ups/s, the worker SIGKILLed every

@@ -11,6 +11,7 @@ ADMIN_TEMPLATES = [
     ("GET", "/tasks"),
     ("POST", "/tasks/{run_id}/retry"),
     ("GET", "/schedules"),
+    ("GET", "/task-types"),
 ]
 CLIENT_TEMPLATES = [
     ("GET", "/users"),

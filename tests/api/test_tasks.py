@@ -1,5 +1,3 @@
-import base64
-import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -10,8 +8,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.errors import SEND_JSON
 from shared.beat import SCHEDULE_KEY
+from shared.contracts import CONTRACTS, PRUNE_LOGS, RELAY_OUTBOX, SEND_WELCOME_EMAIL, Queue
 from shared.models import TaskRun, TaskState
-from tests.fixtures.api import ADMIN, CLIENT
+from tests.fixtures.api import ADMIN, CLIENT, post_bytes
+from tests.fixtures.cursors import forged_cursor
 
 PRUNE = {"name": "maintenance.prune_logs", "kwargs": {"days": 7}}
 NIL = "00000000-0000-0000-0000-000000000000"
@@ -95,7 +95,7 @@ async def test_unknown_or_malformed_run_ids_are_404(client: AsyncClient, run_id:
     assert (await client.get(f"/tasks/{run_id}", headers=CLIENT)).status_code == 404
 
 
-async def test_list_runs_newest_first_with_filters_and_cursor(
+async def test_list_runs_newest_first_with_filters_andforged_cursor(
     client: AsyncClient, db: AsyncSession
 ) -> None:
     now = datetime.now(UTC)
@@ -156,10 +156,6 @@ async def test_schedules_are_read_from_beats_state_in_redis(
     ]
 
 
-def _cursor(*key: object) -> str:
-    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
-
-
 @pytest.mark.parametrize(
     "key",
     [
@@ -174,7 +170,7 @@ def _cursor(*key: object) -> str:
     ],
 )
 async def test_forged_cursors_are_422(client: AsyncClient, key: list[object]) -> None:
-    response = await client.get("/tasks", params={"cursor": _cursor(*key)}, headers=ADMIN)
+    response = await client.get("/tasks", params={"cursor": forged_cursor(*key)}, headers=ADMIN)
     assert response.status_code == 422
     assert response.json() == {
         "detail": "invalid cursor: pass next_cursor from a previous page unchanged"
@@ -188,11 +184,11 @@ async def test_a_cursor_at_the_ends_of_the_date_range_pages_from_there(
     db.add(run)
     await db.flush()
     latest = await client.get(
-        "/tasks", params={"cursor": _cursor("9999-12-31T23:59:59+00:00", NIL)}, headers=ADMIN
+        "/tasks", params={"cursor": forged_cursor("9999-12-31T23:59:59+00:00", NIL)}, headers=ADMIN
     )
     assert [r["id"] for r in latest.json()["items"]] == [str(run.id)]
     earliest = await client.get(
-        "/tasks", params={"cursor": _cursor("0001-01-01T00:00:00-14:00", NIL)}, headers=ADMIN
+        "/tasks", params={"cursor": forged_cursor("0001-01-01T00:00:00-14:00", NIL)}, headers=ADMIN
     )
     assert earliest.json() == {"items": [], "next_cursor": None}
 
@@ -267,9 +263,7 @@ async def test_sql_looking_filters_and_keys_are_only_data(
 async def test_malformed_task_bodies_are_422(
     client: AsyncClient, content: bytes, content_type: str
 ) -> None:
-    response = await client.post(
-        "/tasks", content=content, headers={**ADMIN, "Content-Type": content_type}
-    )
+    response = await post_bytes(client, "/tasks", content, content_type, ADMIN)
     assert response.status_code == 422, response.text
     assert response.json()["detail"]
 
@@ -284,9 +278,7 @@ async def test_malformed_task_bodies_are_422(
 async def test_task_bodies_not_sent_as_json_are_415(
     client: AsyncClient, content: bytes, content_type: str
 ) -> None:
-    response = await client.post(
-        "/tasks", content=content, headers={**ADMIN, "Content-Type": content_type}
-    )
+    response = await post_bytes(client, "/tasks", content, content_type, ADMIN)
     assert response.status_code == 415, response.text
     assert response.json() == {"detail": SEND_JSON}
 
@@ -301,3 +293,50 @@ async def test_bodies_over_64_kib_are_413_on_every_route_that_takes_one(
     )
     assert response.status_code == 413
     assert response.json() == {"detail": "request body larger than 65536 bytes"}
+
+
+async def test_task_types_lists_every_task_post_tasks_accepts_with_its_schemas(
+    client: AsyncClient,
+) -> None:
+    assert (await client.get("/task-types", headers=CLIENT)).status_code == 403
+    response = await client.get("/task-types", headers=ADMIN)
+    assert response.status_code == 200
+    types = {t["name"]: t for t in response.json()}
+    assert set(types) == {c.name for c in CONTRACTS.values() if c.enqueueable}
+    assert RELAY_OUTBOX.name not in types
+    for task in types.values():
+        assert task["queue"] in {q.value for q in Queue}
+        assert task["description"]
+        assert task["args_schema"]["type"] == "object"
+        assert task["args_schema"]["additionalProperties"] is False
+    prune = types[PRUNE_LOGS.name]
+    assert prune["queue"] == "maintenance"
+    assert prune["args_schema"]["required"] == ["days"]
+    assert prune["args_schema"]["properties"]["days"]["maximum"] == 36_500
+    assert prune["result_schema"] == {"type": "integer"}
+    assert types[SEND_WELCOME_EMAIL.name]["result_schema"] == {"type": "boolean"}
+
+
+async def test_post_tasks_accepts_what_each_task_types_schema_says(client: AsyncClient) -> None:
+    """No arguments at all: accepted exactly for the tasks whose schema requires none."""
+    for task in (await client.get("/task-types", headers=ADMIN)).json():
+        response = await client.post(
+            "/tasks", json={"name": task["name"], "kwargs": {}}, headers=ADMIN
+        )
+        expected = 422 if task["args_schema"].get("required") else 202
+        assert response.status_code == expected, (task["name"], response.text)
+
+
+async def test_the_openapi_example_of_post_tasks_is_accepted_as_it_stands(
+    client: AsyncClient, db: AsyncSession
+) -> None:
+    document = (await client.get("/openapi.json")).json()
+    examples = document["paths"]["/tasks"]["post"]["requestBody"]["content"]["application/json"]
+    values = [example["value"] for example in examples["examples"].values()]
+    assert values
+    for value in values:
+        response = await client.post("/tasks", json=value, headers=ADMIN)
+        assert response.status_code == 202, response.text
+        run = await db.get(TaskRun, uuid.UUID(response.json()["id"]))
+        assert run is not None
+        assert run.kwargs == value["kwargs"]

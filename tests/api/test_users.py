@@ -1,6 +1,4 @@
 import asyncio
-import base64
-import json
 import uuid
 from collections.abc import AsyncIterator
 
@@ -16,7 +14,8 @@ from shared.contracts import SEND_WELCOME_EMAIL
 from shared.db import make_sessionmaker
 from shared.models import TaskRun, TaskState, User
 from shared.settings import settings
-from tests.fixtures.api import ADMIN, CLIENT
+from tests.fixtures.api import ADMIN, CLIENT, post_bytes
+from tests.fixtures.cursors import forged_cursor
 
 
 async def create(client: AsyncClient, email: str = "ada@example.com", **extra: object) -> dict:  # type: ignore[type-arg]
@@ -223,9 +222,7 @@ async def test_concurrent_sign_ups_with_one_email_exactly_one_wins(
 async def test_malformed_bodies_are_422(
     client: AsyncClient, content: bytes, content_type: str
 ) -> None:
-    response = await client.post(
-        "/users", content=content, headers={**CLIENT, "Content-Type": content_type}
-    )
+    response = await post_bytes(client, "/users", content, content_type, CLIENT)
     assert response.status_code == 422, response.text
     assert response.json()["detail"]
 
@@ -241,11 +238,11 @@ async def test_malformed_bodies_are_422(
 async def test_a_body_not_sent_as_json_is_415_saying_to_send_json(
     client: AsyncClient, content: bytes, content_type: str | None
 ) -> None:
-    headers = {**CLIENT, **({"Content-Type": content_type} if content_type else {})}
-    created = await client.post("/users", content=content, headers=headers)
+    created = await post_bytes(client, "/users", content, content_type, CLIENT)
     assert created.status_code == 415, created.text
     assert created.json() == {"detail": SEND_JSON}
     uid = (await create(client))["id"]
+    headers = {**CLIENT, **({"Content-Type": content_type} if content_type else {})}
     patched = await client.patch(f"/users/{uid}", content=b'{"full_name": "Y"}', headers=headers)
     assert patched.status_code == 415, patched.text
     assert "dictionar" not in patched.text
@@ -293,17 +290,13 @@ async def test_bodies_over_64_kib_are_413(client: AsyncClient) -> None:
     assert streamed.status_code == 413
 
 
-def _cursor(*key: object) -> str:
-    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
-
-
 @pytest.mark.parametrize(
     "key", [[2**63], [10**20], [-(10**20)], [-1], [True], [1.5], ["1"], [1, 2], [None], []]
 )
 async def test_forged_cursors_outside_a_bigint_or_of_the_wrong_shape_are_422(
     client: AsyncClient, key: list[object]
 ) -> None:
-    response = await client.get("/users", params={"cursor": _cursor(*key)}, headers=CLIENT)
+    response = await client.get("/users", params={"cursor": forged_cursor(*key)}, headers=CLIENT)
     assert response.status_code == 422
     assert response.json() == {
         "detail": "invalid cursor: pass next_cursor from a previous page unchanged"
@@ -314,9 +307,9 @@ async def test_a_cursor_at_the_ends_of_the_id_range_is_an_empty_or_full_page(
     client: AsyncClient,
 ) -> None:
     user = await create(client)
-    first = await client.get("/users", params={"cursor": _cursor(0)}, headers=CLIENT)
+    first = await client.get("/users", params={"cursor": forged_cursor(0)}, headers=CLIENT)
     assert [u["id"] for u in first.json()["items"]] == [user["id"]]
-    last = await client.get("/users", params={"cursor": _cursor(2**63 - 1)}, headers=CLIENT)
+    last = await client.get("/users", params={"cursor": forged_cursor(2**63 - 1)}, headers=CLIENT)
     assert last.json() == {"items": [], "next_cursor": None}
 
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from tests.deploy.tools import COMPOSE_FILE, compose_binary, output, run
+from worker.kinds import KINDS
 
 HARD_TIME_LIMIT_SECONDS = 360  # TASK_TIME_LIMIT
 DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s|us)")
@@ -70,8 +71,23 @@ def test_compose_config_fails_a_broken_file(tmp_path: Path) -> None:
 
 def test_services(raw: dict[str, Any]) -> None:
     assert set(raw["services"]) == {
-        "postgres", "redis", "mailpit", "migrate", "api", "worker", "beat", "flower",
+        "postgres", "redis", "mailpit", "migrate", "api", "worker-concurrent", "worker-prefork",
+        "beat", "flower",
     }  # fmt: skip
+
+
+def test_each_kind_of_worker_runs_its_own_command_name_and_probe(raw: dict[str, Any]) -> None:
+    services = raw["services"]
+    for kind in KINDS:
+        worker = services[f"worker-{kind.name}"]
+        assert worker["command"] == kind.command()
+        assert worker["environment"]["WORKER_NAME"] == kind.name
+        assert worker["healthcheck"]["test"] == ["CMD", "python", "-m", "worker.probe", "worker"]
+        assert worker["image"] == services["beat"]["image"]
+        assert worker["restart"] == "unless-stopped"
+    queues = [services[f"worker-{kind.name}"]["command"] for kind in KINDS]
+    consumed = [q for command in queues for q in command[command.index("-Q") + 1].split(",")]
+    assert sorted(consumed) == ["default", "maintenance"], "every queue, by exactly one kind"
 
 
 def test_postgres_and_redis_are_healthchecked_on_named_volumes(raw: dict[str, Any]) -> None:
@@ -101,18 +117,19 @@ def test_beat_is_a_single_instance(raw: dict[str, Any]) -> None:
     assert beat.get("deploy", {}).get("replicas", 1) == 1
     assert "scale" not in beat
     assert beat["command"] == ["celery", "-A", "worker.celery_app", "beat", "--loglevel", "INFO"]
-    assert beat["image"] == raw["services"]["worker"]["image"], "beat runs from the worker image"
+    assert beat["image"] == raw["services"]["worker-concurrent"]["image"], "the worker image"
 
 
-def test_worker_outlives_its_hard_time_limit_on_stop(raw: dict[str, Any]) -> None:
-    worker = raw["services"]["worker"]
+@pytest.mark.parametrize("kind", [kind.name for kind in KINDS])
+def test_worker_outlives_its_hard_time_limit_on_stop(raw: dict[str, Any], kind: str) -> None:
+    worker = raw["services"][f"worker-{kind}"]
     assert seconds(worker["stop_grace_period"]) > HARD_TIME_LIMIT_SECONDS
     assert worker["environment"]["TASK_TIME_LIMIT"] == str(HARD_TIME_LIMIT_SECONDS)
 
 
 def test_every_service_has_a_healthcheck_or_runs_once(raw: dict[str, Any]) -> None:
     services = raw["services"]
-    for name in ("postgres", "redis", "api", "worker", "beat"):
+    for name in ("postgres", "redis", "api", "worker-concurrent", "worker-prefork", "beat"):
         assert services[name]["healthcheck"]["test"], f"{name} has a healthcheck"
 
 
@@ -121,9 +138,11 @@ def test_app_services_share_one_environment_block(raw: dict[str, Any]) -> None:
     environments = [services[name]["environment"] for name in ("migrate", "api", "beat")]
     assert all(env is environments[0] for env in environments), "one YAML anchor, not copies"
     env = environments[0]
-    # The worker merges the same block and adds only its metrics directory.
-    worker_env = services["worker"]["environment"]
-    assert {k: v for k, v in worker_env.items() if k != "PROMETHEUS_MULTIPROC_DIR"} == env
+    # Each worker merges the same block and adds only its name and its metrics directory.
+    for kind in KINDS:
+        worker_env = services[f"worker-{kind.name}"]["environment"]
+        own = {"WORKER_NAME", "PROMETHEUS_MULTIPROC_DIR"}
+        assert {k: v for k, v in worker_env.items() if k not in own} == env
     assert env["ENVIRONMENT"] == "development"
     assert env["SMTP_HOST"] == "mailpit"
     assert env["SMTP_PORT"] == "1025"
@@ -154,3 +173,60 @@ def test_duration_parser() -> None:
     assert seconds(390) == 390
     with pytest.raises(ValueError, match="not a Compose duration"):
         seconds("six minutes")
+
+
+HOST_NETWORK = COMPOSE_FILE.parent / "deploy" / "compose" / "host-network.yaml"
+LOOPBACK = "127.0.0.1"
+
+
+def test_healthchecks_ask_their_own_service(raw: dict[str, Any]) -> None:
+    """On a host network, 127.0.0.1:6379 (or :8000) may be another stack's: each check reaches
+    its own server through its socket, or asks the port its service was configured with."""
+    services = raw["services"]
+    redis = services["redis"]
+    socket = redis["command"][redis["command"].index("--unixsocket") + 1]
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "-s", socket, "ping"]
+    assert "--host=/var/run/postgresql" in services["postgres"]["healthcheck"]["test"]
+    assert services["api"]["healthcheck"]["test"] == ["CMD", "python", "-m", "api.probe", "readyz"]
+    assert services["mailpit"]["healthcheck"]["test"] == ["CMD", "/mailpit", "readyz"]
+
+
+def host_network_config() -> dict[str, Any]:
+    result = run(
+        [compose_binary(), "--file", str(COMPOSE_FILE), "--file", str(HOST_NETWORK),
+         "--project-directory", str(COMPOSE_FILE.parent), "config", "--format", "json"],
+        cwd=COMPOSE_FILE.parent,
+    )  # fmt: skip
+    assert result.returncode == 0, output(result)
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def test_host_network_override_keeps_every_service_on_loopback_ports_of_its_own() -> None:
+    base, merged = rendered()["services"], host_network_config()["services"]
+    assert set(merged) == set(base), "the override adds no service and drops none"
+    ports: list[str] = []
+    for name, service in merged.items():
+        assert service["network_mode"] == "host", name
+        assert not service.get("ports"), f"{name} publishes nothing on a host network"
+        env = service.get("environment") or {}
+        for key in ("API_BIND_ADDRESS", "METRICS_BIND_ADDRESS", "SMTP_HOST", "SINK_HOST"):
+            if key in env:
+                assert env[key] == LOOPBACK, f"{name} {key}"
+        if "DATABASE_URL" in env:
+            assert f"@{LOOPBACK}:" in env["DATABASE_URL"]
+            assert env["REDIS_URL"].startswith(f"redis://{LOOPBACK}:")
+        if name.startswith("worker-"):
+            ports.append(env["WORKER_METRICS_PORT"])
+    assert len(set(ports)) == len(ports), "two workers on one host need two metrics ports"
+    redis_command = merged["redis"]["command"]
+    assert redis_command[redis_command.index("--bind") + 1] == LOOPBACK
+
+
+def test_host_network_override_keeps_the_healthchecks_of_compose_yaml() -> None:
+    base, merged = rendered()["services"], host_network_config()["services"]
+    for name, service in base.items():
+        if name == "mailpit":  # the stand-in sink is not Mailpit: its own check, same idea
+            assert merged[name]["healthcheck"]["test"][-1] == "--check"
+        elif "healthcheck" in service:
+            assert merged[name]["healthcheck"]["test"] == service["healthcheck"]["test"], name

@@ -20,6 +20,7 @@ from tests.deploy.kube import (
     render,
 )
 from tests.deploy.tools import K8S, OVERLAYS, REPO
+from worker.kinds import KINDS, WorkerKind
 
 LABELS = (
     "app.kubernetes.io/name",
@@ -36,19 +37,17 @@ SECRET_KEYS = {
     "ADMIN_TOKEN",
     "API_TOKENS",
 }
-API_COMMAND = ["uvicorn", "api.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000"]  # noqa: S104
-WORKER_COMMAND = [
-    "celery", "-A", "worker.celery_app", "worker",
-    "-P", "prefork", "-c", "2", "-Q", "default,maintenance", "--loglevel", "INFO",
-]  # fmt: skip
+API_COMMAND = ["python", "-m", "api.serve"]
 BEAT_COMMAND = ["celery", "-A", "worker.celery_app", "beat", "--loglevel", "INFO"]
 TMP = "/tmp"  # noqa: S108 - the emptyDir every pod mounts
 COMPONENT_NAMES = {
     "api": "backend-api",
-    "worker": "backend-worker",
+    **{f"worker-{kind.name}": f"backend-worker-{kind.name}" for kind in KINDS},
     "beat": "backend-beat",
     "migrate": "backend-migrate",
 }
+WORKER_DEPLOYMENTS = [f"backend-worker-{kind.name}" for kind in KINDS]
+METRICS_PORT = 9808
 
 
 @pytest.fixture(params=OVERLAYS)
@@ -77,6 +76,20 @@ def selectors(manifest: Manifest) -> list[dict[str, str]]:
 
 def labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(key) == value for key, value in selector.items())
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A full label selector: matchLabels and matchExpressions (In only, all we use)."""
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", expression
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return labels_match(selector.get("matchLabels", {}), labels)
+
+
+MONITORING_NAMESPACE = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+}
 
 
 # --- whole render ---------------------------------------------------------------------------
@@ -184,8 +197,9 @@ def test_images_are_pinned_and_shared_as_intended(manifests: list[Manifest]) -> 
         assert ":" in image.rsplit("/", 1)[-1], f"{name} runs an untagged image"
         assert not image.endswith(":latest"), name
     assert images["backend-migrate"] == images["backend-api"], "migrations ship in the api image"
-    assert images["backend-beat"] == images["backend-worker"], "beat runs from the worker image"
-    assert images["backend-api"] != images["backend-worker"]
+    worker_images = {images[name] for name in WORKER_DEPLOYMENTS}
+    assert worker_images == {images["backend-beat"]}, "both kinds and beat: the worker image"
+    assert images["backend-api"] not in worker_images
 
 
 def test_config_map_settings(manifests: list[Manifest], overlay: str) -> None:
@@ -199,7 +213,7 @@ def test_config_map_settings(manifests: list[Manifest], overlay: str) -> None:
     assert config["HEARTBEAT_DIR"] == TMP
     assert config["PYTHONDONTWRITEBYTECODE"] == "1"
     assert not SECRET_KEYS & set(config), "secrets belong in the Secret"
-    for name in ("backend-api", "backend-worker", "backend-beat"):
+    for name in ("backend-api", *WORKER_DEPLOYMENTS, "backend-beat"):
         sources = container(find(manifests, "Deployment", name))["envFrom"]
         assert {"secretRef": {"name": "backend-secrets"}} in sources
         assert any(
@@ -218,7 +232,11 @@ def test_api_deployment(manifests: list[Manifest]) -> None:
     assert strategy["rollingUpdate"]["maxUnavailable"] == 0
     item = container(api)
     assert item["command"] == API_COMMAND
-    assert item["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    # The command reads API_PORT from the ConfigMap: the port the pod declares must be that one.
+    api_port = int(config_map(manifests)["API_PORT"])
+    assert item["ports"] == [{"name": "http", "containerPort": api_port, "protocol": "TCP"}]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert item[probe]["httpGet"]["port"] in ("http", api_port), probe
     assert item["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert item["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert item["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -248,25 +266,45 @@ def test_api_service_hpa_and_pdb(manifests: list[Manifest]) -> None:
 # --- worker, beat, migrate ------------------------------------------------------------------
 
 
-def test_worker_deployment(manifests: list[Manifest]) -> None:
-    worker = find(manifests, "Deployment", "backend-worker")
+@pytest.fixture(params=KINDS, ids=[kind.name for kind in KINDS])
+def kind(request: pytest.FixtureRequest) -> WorkerKind:
+    chosen: WorkerKind = request.param
+    return chosen
+
+
+def test_worker_deployment(manifests: list[Manifest], kind: WorkerKind) -> None:
+    """Each kind: its own Deployment with its command, name, probes, grace period, resources
+    and PodDisruptionBudget."""
+    worker = find(manifests, "Deployment", f"backend-worker-{kind.name}")
     spec = pod_template(worker)["spec"]
     assert spec["terminationGracePeriodSeconds"] > TASK_TIME_LIMIT_SECONDS
     item = container(worker)
-    assert item["command"] == WORKER_COMMAND
+    assert item["command"] == kind.command()
+    assert {"name": "WORKER_NAME", "value": kind.name} in item["env"]
     probe = ["python", "-m", "worker.probe", "worker"]
     assert item["livenessProbe"]["exec"]["command"] == probe
     assert item["readinessProbe"]["exec"]["command"] == [*probe, "--ready"]
     assert item["startupProbe"]["exec"]["command"] == probe
     # The worker serves only its metrics (prefork children write them to a shared directory).
-    assert [(p["name"], p["containerPort"]) for p in item["ports"]] == [("metrics", 9808)]
+    assert [(p["name"], p["containerPort"]) for p in item["ports"]] == [("metrics", METRICS_PORT)]
     metrics_dir = {"name": "PROMETHEUS_MULTIPROC_DIR", "value": "/tmp/prometheus"}  # noqa: S108
     assert metrics_dir in item["env"]
+    assert config_map(manifests)["METRICS_BIND_ADDRESS"] == "0.0.0.0"  # noqa: S104 - a pod
+    assert worker["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
-    pdb = find(manifests, "PodDisruptionBudget", "backend-worker")
+    pdb = find(manifests, "PodDisruptionBudget", f"backend-worker-{kind.name}")
     assert labels_match(
         pdb["spec"]["selector"]["matchLabels"], pod_template(worker)["metadata"]["labels"]
     )
+    assert pdb["spec"].get("maxUnavailable", 0) >= 1 or "minAvailable" in pdb["spec"]
+
+
+def test_every_queue_is_consumed_by_exactly_one_kind(manifests: list[Manifest]) -> None:
+    consumed = []
+    for name in WORKER_DEPLOYMENTS:
+        command = container(find(manifests, "Deployment", name))["command"]
+        consumed += command[command.index("-Q") + 1].split(",")
+    assert sorted(consumed) == ["default", "maintenance"]
 
 
 def test_beat_is_a_singleton(manifests: list[Manifest]) -> None:
@@ -307,18 +345,19 @@ def test_only_the_api_receives_traffic_and_only_from_the_namespace(
     policies = of_kind(manifests, "NetworkPolicy")
     for name, template in pod_templates(manifests):
         labels = template["metadata"]["labels"]
-        selecting = [
-            p
-            for p in policies
-            if labels_match(p["spec"]["podSelector"].get("matchLabels", {}), labels)
-        ]
+        selecting = [p for p in policies if selects(p["spec"]["podSelector"], labels)]
         assert any("Ingress" in p["spec"]["policyTypes"] for p in selecting), f"{name} is open"
         rules = [rule for p in selecting for rule in p["spec"].get("ingress", [])]
-        if labels["app.kubernetes.io/component"] == "api":
+        component = labels["app.kubernetes.io/component"]
+        if component == "api":
             assert rules, "the api must be reachable"
             for rule in rules:
                 assert rule["from"] == [{"podSelector": {}}], "same namespace only"
                 assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
+        elif component.startswith("worker-"):
+            for rule in rules:  # prod: Prometheus scrapes the metrics port, nothing else
+                assert rule["from"] == [MONITORING_NAMESPACE], f"{name}: {rule}"
+                assert rule["ports"] == [{"protocol": "TCP", "port": METRICS_PORT}]
         else:
             assert not rules, f"{name} must receive no traffic"
 
@@ -326,38 +365,53 @@ def test_only_the_api_receives_traffic_and_only_from_the_namespace(
 # --- overlays -------------------------------------------------------------------------------
 
 
-def test_prod_scales_workers_with_keda_on_the_default_queue() -> None:
+def test_prod_scales_each_kind_on_queued_plus_in_flight_runs_against_its_capacity(
+    kind: WorkerKind,
+) -> None:
     manifests = render("prod")
-    scaled = find(manifests, "ScaledObject", "backend-worker")
+    name = f"backend-worker-{kind.name}"
+    scaled = find(manifests, "ScaledObject", name)
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
     target = scaled["spec"]["scaleTargetRef"]
     worker = find(manifests, "Deployment", target["name"])
-    assert target["name"] == "backend-worker"
+    assert target["name"] == name
     assert target.get("kind", "Deployment") == "Deployment"
-    assert scaled["metadata"]["namespace"] == worker["metadata"]["namespace"]
+    namespace = worker["metadata"]["namespace"]
+    assert scaled["metadata"]["namespace"] == namespace
 
     minimum, maximum = scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]
-    assert 1 <= minimum < maximum
-    assert [trigger["type"] for trigger in scaled["spec"]["triggers"]] == ["redis"]
-    metadata = scaled["spec"]["triggers"][0]["metadata"]
-    assert metadata["listName"] == "default"
-    assert int(metadata["listLength"]) > 0
-    assert "address" not in metadata, "the address comes from the environment"
-    assert metadata["addressFromEnv"] in config_map(manifests)
-    assert metadata["passwordFromEnv"] in SECRET_KEYS
-    host, _, port = config_map(manifests)[metadata["addressFromEnv"]].rpartition(":")
-    assert host
-    assert port.isdigit(), "KEDA wants host:port, not a URL"
+    assert 1 <= minimum <= worker["spec"]["replicas"] <= maximum
+    assert minimum < maximum
+    assert minimum <= scaled["spec"]["fallback"]["replicas"] <= maximum
+    [trigger] = scaled["spec"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert trigger["metricType"] == "AverageValue", "a target per pod"
+    metadata = trigger["metadata"]
+    assert metadata["serverAddress"].startswith("http")
+    # The load: what waits in the kind's queues plus what its workers hold, one query.
+    query = " ".join(metadata["query"].split())
+    for queue in kind.queues:
+        assert f'worker_queue_length{{namespace="{namespace}",queue="{queue.value}"}}' in query
+    assert f'worker_runs_in_flight{{namespace="{namespace}",worker="{kind.name}"}}' in query
+    assert " + " in query
+    # Against what one pod runs at once: the concurrency in the Deployment's own command.
+    command = container(worker)["command"]
+    assert int(metadata["threshold"]) == int(command[command.index("-c") + 1]) == kind.capacity
 
     hpas = of_kind(manifests, "HorizontalPodAutoscaler")
-    assert all(h["spec"]["scaleTargetRef"]["name"] != "backend-worker" for h in hpas), (
-        "KEDA owns the worker's HPA"
-    )
+    assert all(h["spec"]["scaleTargetRef"]["name"] != name for h in hpas), "KEDA owns its HPA"
+
+    # Prometheus scrapes the metrics the query reads, from every pod of the kind.
+    [monitor] = of_kind(manifests, "PodMonitor")
+    assert selects(monitor["spec"]["selector"], pod_template(worker)["metadata"]["labels"])
+    assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["metrics"]
+    assert "metrics" in [p["name"] for p in container(worker)["ports"]]
 
 
 def test_dev_has_no_keda_and_offers_flower_for_port_forward() -> None:
     manifests = render("dev")
     assert not of_kind(manifests, "ScaledObject")
+    assert not of_kind(manifests, "PodMonitor")
     flower = container(find(manifests, "Deployment", "backend-flower"))
     assert "flower" in flower["command"]
     assert "--address=127.0.0.1" in flower["command"], "reachable through port-forward only"
@@ -388,19 +442,21 @@ def test_docs_budget_matches_the_prod_overlay() -> None:
     config = config_map(manifests)
     pool, overflow = int(config["DB_POOL_SIZE"]), int(config["DB_MAX_OVERFLOW"])
     api_max = find(manifests, "HorizontalPodAutoscaler", "backend-api")["spec"]["maxReplicas"]
-    worker_max = find(manifests, "ScaledObject", "backend-worker")["spec"]["maxReplicaCount"]
-    command = container(find(manifests, "Deployment", "backend-worker"))["command"]
-    children = int(command[command.index("-c") + 1])
     child_pool = int(config["WORKER_DB_POOL_SIZE"])
     api_total = api_max * (pool + overflow)
-    worker_total = worker_max * children * child_pool
-    total = api_total + worker_total + 1  # beat holds none, the migrate Job one
-
     docs = (REPO / "docs" / "deploy.md").read_text()
     times = "\N{MULTIPLICATION SIGN}"
     assert f"| api (HPA max) | {api_max} | {pool} + {overflow} | {api_total} |" in docs
-    assert (
-        f"| worker (KEDA max) | {worker_max} | {children} {times} {child_pool} | {worker_total} |"
-        in docs
-    )
+    total = api_total + 1  # beat holds none, the migrate Job one
+    for kind in KINDS:
+        name = f"backend-worker-{kind.name}"
+        worker_max = find(manifests, "ScaledObject", name)["spec"]["maxReplicaCount"]
+        command = container(find(manifests, "Deployment", name))["command"]
+        # A prefork child has its own pool; a threads-pool worker is one process, one pool.
+        pool_kind = command[command.index("-P") + 1]
+        processes = int(command[command.index("-c") + 1]) if pool_kind == "prefork" else 1
+        worker_total = worker_max * processes * child_pool
+        total += worker_total
+        row = f"| {kind.name} worker (KEDA max) | {worker_max} | {processes} {times} {child_pool} |"
+        assert f"{row} {worker_total} |" in docs
     assert f"| **steady maximum** | | | **{total}** |" in docs

@@ -9,10 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.models import TaskRun, TaskState, User
 from tests.faults.crash_after_commit import CRASH_EXIT_CODE
-from tests.faults.stack import own_redis, runs_by_id
+from tests.faults.stack import own_redis
 from tests.fixtures.api import CLIENT
 from tests.fixtures.ports import free_port
 from tests.fixtures.processes import FAST_RELAY, Processes
+from tests.fixtures.runs import runs_by_id
 from tests.fixtures.smtp import Mailbox, smtp_env
 from tests.fixtures.waiting import eventually, wait_until
 

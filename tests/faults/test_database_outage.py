@@ -10,17 +10,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from api.errors import DATABASE_DOWN
 from shared.models import TaskState
 from tests.environment import E2E_DATABASE_URL
-from tests.faults.stack import (
-    create_users,
-    emails_per_address,
-    own_redis,
-    queue_welcome_runs,
-    runs_by_id,
-)
+from tests.faults.stack import emails_per_address, own_redis
 from tests.fixtures.api import ADMIN, CLIENT
 from tests.fixtures.processes import Processes
 from tests.fixtures.proxy import CuttableProxy
+from tests.fixtures.runs import queue_welcome_runs, runs_by_id
 from tests.fixtures.smtp import Mailbox, smtp_env
+from tests.fixtures.users import insert_users, numbered_emails
 from tests.fixtures.waiting import eventually
 
 RUNS = 20
@@ -48,10 +44,12 @@ async def test_database_outage_tasks_retry_and_the_api_answers_503(
     _, base = processes.api()
     worker = processes.worker()
     # Warm both sides up, so the cut also breaks pooled connections, not only new ones.
-    [warm_user] = await create_users(e2e_engine, "warm", 1)
+    [warm_user] = await insert_users(e2e_engine, *numbered_emails("warm", 1))
     [warm_run] = await queue_welcome_runs(e2e_engine, redis, [warm_user])
     smtp_server.wait_for(1)
-    user_ids = await create_users(e2e_engine, "outage", RUNS)  # straight to the server
+    user_ids = await insert_users(
+        e2e_engine, *numbered_emails("outage", RUNS)
+    )  # straight to the server
 
     async with httpx.AsyncClient(base_url=base, headers=CLIENT, timeout=10) as http:
         assert (await http.get("/users")).status_code == 200

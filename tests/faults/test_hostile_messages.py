@@ -14,9 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.broker import TaskMessage
 from shared.contracts import SEND_WELCOME_EMAIL
 from shared.models import TaskState
-from tests.faults.stack import create_users, own_redis, queue_welcome_runs, runs_by_id
+from tests.faults.stack import own_redis
 from tests.fixtures.processes import Processes
+from tests.fixtures.runs import queue_welcome_runs, runs_by_id
 from tests.fixtures.smtp import Mailbox, smtp_env
+from tests.fixtures.users import insert_users, numbered_emails
 from tests.fixtures.waiting import eventually
 
 
@@ -53,7 +55,7 @@ async def test_unregistered_and_pickle_messages_are_rejected_and_the_worker_goes
     worker.wait_for_output("Received unregistered task of type 'no.such.task'")
     worker.wait_for_output("untrusted content")
     # A normal run afterwards still goes through the same worker.
-    [user_id] = await create_users(e2e_engine, "after", 1)
+    [user_id] = await insert_users(e2e_engine, *numbered_emails("after", 1))
     [run_id] = await queue_welcome_runs(e2e_engine, redis, [user_id])
 
     async def succeeded() -> bool:

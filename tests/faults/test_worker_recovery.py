@@ -22,18 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.contracts import SEND_WELCOME_EMAIL
 from shared.models import TaskState, User
-from tests.faults.stack import (
-    create_users,
-    emails_per_address,
-    publish,
-    queue_welcome_runs,
-    runs_by_id,
-    users_without_email,
-)
+from tests.faults.stack import emails_per_address, users_without_email
 from tests.fixtures.ports import free_port
 from tests.fixtures.processes import Proc, Processes
 from tests.fixtures.redis_server import redis_server_argv
+from tests.fixtures.runs import publish, queue_welcome_runs, runs_by_id
 from tests.fixtures.smtp import Mailbox, smtp_env
+from tests.fixtures.users import insert_users, numbered_emails
 from tests.fixtures.waiting import eventually, wait_until
 from tests.worker.probe_tasks import PROBE_APP, REPORTS_KEY, RETRY_ONCE, SLOW_UPDATE
 from worker.visibility import blocked_main_process_bound, renew_interval
@@ -94,11 +89,11 @@ async def send_welcome_batch(
     processes.worker(concurrency=concurrency, pool=pool)  # the survivor
     victim = processes.worker(concurrency=concurrency, pool=pool)
     half = USERS // 2
-    user_ids = await create_users(engine, "crash", USERS)
+    user_ids = await insert_users(engine, *numbered_emails("crash", USERS))
     # Runs the API wrote (outbox rows), and messages from a producer that wrote no row.
     run_ids = await queue_welcome_runs(engine, redis, user_ids[:half])
     for user_id in user_ids[half:]:
-        run_ids.append(await publish(redis, SEND_WELCOME_EMAIL.name, user_id=user_id))
+        run_ids += await publish(redis, SEND_WELCOME_EMAIL.name, user_id=user_id)
     smtp.wait_for(USERS - GONE_BEFORE_THE_END, timeout=60)
     return Batch(victim, run_ids)
 
@@ -294,8 +289,8 @@ async def test_a_thawed_worker_does_not_commit_a_run_that_went_to_another_worker
     than WORKER_IDLE_IN_TRANSACTION_TIMEOUT), and its commit would otherwise go through."""
     processes.env.update(SHORT)
     workers = [processes.worker(app=PROBE_APP, concurrency=1) for _ in range(2)]
-    [user_id] = await create_users(e2e_engine, "fence", 1)
-    run_id = await publish(e2e_redis, SLOW_UPDATE.name, user_id=user_id, seconds=2)
+    [user_id] = await insert_users(e2e_engine, "fence@example.com")
+    [run_id] = await publish(e2e_redis, SLOW_UPDATE.name, user_id=user_id, seconds=2)
 
     async def started_once() -> bool:
         return len(await started_pids(e2e_redis)) == 1
@@ -328,7 +323,7 @@ async def test_a_thawed_worker_does_not_commit_a_run_that_went_to_another_worker
     assert log_outcomes(second, run_id) == ["succeeded"]
     run = (await runs_by_id(e2e_engine, [run_id]))[run_id]
     assert (run.state, run.attempts, run.result) == (TaskState.SUCCEEDED, 2, 1)
-    assert await user_name(e2e_engine, user_id) == "U 0+", "the effect must commit once"
+    assert await user_name(e2e_engine, user_id) == "fence+", "the effect must commit once"
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads"])
@@ -340,8 +335,10 @@ async def test_a_live_worker_keeps_a_long_run_even_with_its_main_process_stopped
     processes.env.update(SHORT)
     for _ in range(2):
         processes.worker(app=PROBE_APP, concurrency=1, pool=pool)
-    [user_id] = await create_users(e2e_engine, "live", 1)
-    run_id = await publish(e2e_redis, SLOW_UPDATE.name, user_id=user_id, seconds=3 * SHORT_TIMEOUT)
+    [user_id] = await insert_users(e2e_engine, "live@example.com")
+    [run_id] = await publish(
+        e2e_redis, SLOW_UPDATE.name, user_id=user_id, seconds=3 * SHORT_TIMEOUT
+    )
 
     async def started() -> bool:
         return len(await started_pids(e2e_redis)) >= 1
@@ -364,7 +361,7 @@ async def test_a_live_worker_keeps_a_long_run_even_with_its_main_process_stopped
     run = (await runs_by_id(e2e_engine, [run_id]))[run_id]
     assert run.attempts == 1, "a live worker's run was delivered again"
     assert len(await started_pids(e2e_redis)) == 1
-    assert await user_name(e2e_engine, user_id) == "U 0+"
+    assert await user_name(e2e_engine, user_id) == "live+"
 
 
 async def test_a_retry_waiting_out_its_countdown_is_not_restored_and_multiplied(
@@ -408,8 +405,8 @@ async def test_a_redis_restart_does_not_run_anything_twice_and_a_cut_off_run_ret
     processes.env.update(SHORT, REDIS_URL=f"redis://127.0.0.1:{port}/0")
     for _ in range(2):
         processes.worker(app=PROBE_APP, concurrency=1)
-    [user_id] = await create_users(e2e_engine, "restart", 1)
-    run_id = await publish(redis, SLOW_UPDATE.name, user_id=user_id, seconds=SHORT_TIMEOUT)
+    [user_id] = await insert_users(e2e_engine, "restart@example.com")
+    [run_id] = await publish(redis, SLOW_UPDATE.name, user_id=user_id, seconds=SHORT_TIMEOUT)
 
     async def started() -> bool:
         return len(await started_pids(redis)) >= 1
@@ -426,7 +423,7 @@ async def test_a_redis_restart_does_not_run_anything_twice_and_a_cut_off_run_ret
 
     await eventually(done, 60, "the run to finish after the restart")
     print(f"\nRedis restart: the run finished {time.monotonic() - restarted_at:.1f}s later")
-    assert await user_name(e2e_engine, user_id) == "U 0+", "the effect must commit once"
+    assert await user_name(e2e_engine, user_id) == "restart+", "the effect must commit once"
     run = (await runs_by_id(e2e_engine, [run_id]))[run_id]
     assert run.attempts <= 2
     await redis.aclose()

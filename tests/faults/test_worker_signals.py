@@ -9,18 +9,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.models import TaskState, User
-from tests.faults.stack import (
-    create_users,
-    emails_per_address,
-    own_redis,
-    publish,
-    queue_welcome_runs,
-    runs_by_id,
-    unfinished_runs,
-    users_without_email,
-)
+from tests.faults.stack import emails_per_address, own_redis, users_without_email
 from tests.fixtures.processes import Processes
+from tests.fixtures.runs import publish, queue_welcome_runs, runs_by_id, unfinished_runs
 from tests.fixtures.smtp import Mailbox, smtp_env
+from tests.fixtures.users import insert_users, numbered_emails
 from tests.fixtures.waiting import eventually
 from tests.worker.probe_tasks import PROBE_APP, REPORTS_KEY, SLOW_UPDATE
 
@@ -43,7 +36,7 @@ async def test_sigkill_with_500_in_flight_loses_nothing_and_applies_each_once(
 ) -> None:
     redis, _ = own_redis(processes)
     processes.env.update(**SHORT_LIMITS, **smtp_env(smtp_server))
-    user_ids = await create_users(e2e_engine, "kill", USERS)
+    user_ids = await insert_users(e2e_engine, *numbered_emails("kill", USERS))
     run_ids = await queue_welcome_runs(e2e_engine, redis, user_ids)
     worker = processes.worker(concurrency=CONCURRENCY)
 
@@ -89,9 +82,9 @@ async def test_sigterm_lets_the_running_task_finish_and_nothing_comes_back(
     processes: Processes, e2e_engine: AsyncEngine
 ) -> None:
     redis, _ = own_redis(processes)
-    [user_id] = await create_users(e2e_engine, "term", 1)
+    [user_id] = await insert_users(e2e_engine, *numbered_emails("term", 1))
     worker = processes.worker(app=PROBE_APP, concurrency=1, **SHORT_LIMITS)
-    run_id = await publish(redis, SLOW_UPDATE.name, user_id=user_id, seconds=2)
+    [run_id] = await publish(redis, SLOW_UPDATE.name, user_id=user_id, seconds=2)
 
     async def started() -> bool:
         return int(await redis.llen(REPORTS_KEY)) >= 1
@@ -123,7 +116,7 @@ async def test_sigterm_lets_the_running_task_finish_and_nothing_comes_back(
     assert (await runs_by_id(e2e_engine, [run_id]))[run_id].attempts == 1
     async with e2e_engine.connect() as conn:
         name = await conn.scalar(select(User.full_name).where(User.id == user_id))
-    assert name == "U 0+"
+    assert name == "term0+"
     await close(redis)
 
 

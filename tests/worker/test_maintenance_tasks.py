@@ -6,10 +6,11 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.contracts import PruneLogsArgs
+from api.tasks.schemas import SAFE_EXAMPLE
+from shared.contracts import PRUNE_LOGS, PruneLogsArgs
 from shared.models import TaskRun, TaskState
 from worker.maintenance import tasks
-from worker.maintenance.tasks import prune_logs_core
+from worker.maintenance.tasks import prune_logs
 
 
 def run(state: TaskState, age: timedelta, now: datetime) -> TaskRun:
@@ -46,14 +47,14 @@ async def test_prunes_only_finished_runs_older_than_days(
     db.add_all(old + keep)
     await db.flush()
 
-    assert await prune_logs_core(PruneLogsArgs(days=30), db) == len(old)
-    assert await prune_logs_core(PruneLogsArgs(days=30), db) == 0
+    assert await prune_logs(PruneLogsArgs(days=30), db) == len(old)
+    assert await prune_logs(PruneLogsArgs(days=30), db) == 0
     left = set((await db.scalars(select(TaskRun.id))).all())
     assert left == {r.id for r in keep}
 
 
 async def test_prune_with_nothing_to_do(db: AsyncSession) -> None:
-    assert await prune_logs_core(PruneLogsArgs(days=1), db) == 0
+    assert await prune_logs(PruneLogsArgs(days=1), db) == 0
     assert await db.scalar(select(func.count()).select_from(TaskRun)) == 0
 
 
@@ -61,3 +62,16 @@ async def test_prune_with_nothing_to_do(db: AsyncSession) -> None:
 def test_days_below_one_is_invalid_input(days: int) -> None:
     with pytest.raises(ValidationError, match="greater than or equal to 1"):
         PruneLogsArgs(days=days)
+
+
+async def test_the_openapi_example_prunes_nothing_younger_than_a_century(
+    db: AsyncSession,
+) -> None:
+    """The example POST /tasks offers is safe to try: it keeps every run of the last 100 years."""
+    kept = run(TaskState.SUCCEEDED, timedelta(days=365 * 99), datetime.now(UTC))
+    db.add(kept)
+    await db.flush()
+    assert SAFE_EXAMPLE.name == PRUNE_LOGS.name
+    args = PruneLogsArgs.model_validate(SAFE_EXAMPLE.kwargs)
+    assert await prune_logs(args, db) == 0
+    assert await db.get(TaskRun, kept.id) is not None

@@ -10,14 +10,15 @@ import time
 from pathlib import Path
 
 from redis.asyncio import Redis
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from shared.models import TaskRun, TaskState, User
+from shared.models import TaskRun, TaskState
 from tests.fixtures.processes import Proc, Processes, run_probe
+from tests.fixtures.runs import publish
+from tests.fixtures.users import insert_users
 from tests.fixtures.waiting import wait_until
-from tests.worker.probe_tasks import PROBE_APP, SLOW_UPDATE
-from tests.worker.test_runtime import publish, reports
+from tests.worker.probe_tasks import PROBE_APP, SLOW_UPDATE, reports
 from worker.probe import BEAT_HEARTBEAT, WORKER_HEARTBEAT, WORKER_READY, check
 
 HEAVY = ("celery", "sqlalchemy", "pydantic", "redis", "shared.settings", "worker.celery_app")
@@ -112,10 +113,7 @@ async def test_the_worker_probes_follow_the_main_process_not_the_tasks(
     assert run_probe("worker", heartbeat_dir, max_age) == 0
 
     # A task that outlasts the bound several times over, in the only pool child.
-    async with e2e_engine.begin() as conn:
-        user_id = await conn.scalar(
-            insert(User).values(email="p@example.com", full_name="P").returning(User.id)
-        )
+    [user_id] = await insert_users(e2e_engine, "p@example.com")
     [run_id] = await publish(e2e_redis, SLOW_UPDATE.name, user_id=user_id, seconds=task_seconds)
     await reports(e2e_redis, 1)
     probed_during_task = 0

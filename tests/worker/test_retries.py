@@ -8,7 +8,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from redis.asyncio import Redis
 from sqlalchemy import insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.broker import Broker, TaskMessage
 from shared.contracts import SEND_WELCOME_EMAIL
@@ -16,8 +16,9 @@ from shared.models import TaskRun, TaskState, User
 from shared.settings import settings
 from tests.fixtures.ports import free_port
 from tests.fixtures.processes import Processes
+from tests.fixtures.runs import publish, wait_for_state
 from tests.fixtures.smtp import Mailbox
-from tests.fixtures.waiting import eventually
+from tests.fixtures.users import insert_users
 from tests.worker.probe_tasks import PROBE_APP, SLOW_UPDATE
 
 FAST_RETRIES = {"TASK_RETRY_BACKOFF_MAX": "1", "TASK_MAX_RETRIES": "3"}
@@ -30,39 +31,6 @@ class RefusingMailbox:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         return "550 5.1.1 no such mailbox"
-
-
-async def add_user(engine: AsyncEngine, email: str) -> int:
-    async with engine.begin() as conn:
-        user_id: int = (
-            await conn.execute(insert(User).values(email=email, full_name="R").returning(User.id))
-        ).scalar_one()
-    return user_id
-
-
-async def send_welcome(redis: Redis, user_id: int) -> uuid.UUID:
-    run_id = uuid.uuid4()
-    message = TaskMessage(run_id, SEND_WELCOME_EMAIL.name, {"user_id": user_id}, "default")
-    await Broker(redis, timeout=5).publish([message])
-    return run_id
-
-
-async def run_row(engine: AsyncEngine, run_id: uuid.UUID) -> TaskRun | None:
-    async with AsyncSession(engine) as session:
-        return await session.get(TaskRun, run_id)
-
-
-async def wait_for_state(
-    engine: AsyncEngine, run_id: uuid.UUID, state: TaskState, timeout: float = 30
-) -> TaskRun:
-    async def reached() -> bool:
-        row = await run_row(engine, run_id)
-        return row is not None and row.state == state
-
-    await eventually(reached, timeout, f"run {run_id} to be {state}")
-    row = await run_row(engine, run_id)
-    assert row is not None
-    return row
 
 
 @pytest.fixture
@@ -81,8 +49,8 @@ async def test_an_unreachable_mail_server_is_retried_until_it_answers(
     port, started = smtp_later
     processes.worker(SMTP_HOST="127.0.0.1", SMTP_PORT=str(port), TASK_MAX_RETRIES="50",
                      TASK_RETRY_BACKOFF_MAX="1")  # fmt: skip
-    user_id = await add_user(e2e_engine, "later@example.com")
-    run_id = await send_welcome(e2e_redis, user_id)
+    [user_id] = await insert_users(e2e_engine, "later@example.com")
+    [run_id] = await publish(e2e_redis, SEND_WELCOME_EMAIL.name, user_id=user_id)
     retrying = await wait_for_state(e2e_engine, run_id, TaskState.RETRYING)
     assert retrying.error is not None
     assert "connect" in retrying.error.lower()
@@ -106,7 +74,8 @@ async def test_a_refused_recipient_fails_at_once_with_the_error_recorded(
     try:
         processes.env.update(FAST_RETRIES)
         processes.worker(SMTP_HOST="127.0.0.1", SMTP_PORT=str(port))
-        run_id = await send_welcome(e2e_redis, await add_user(e2e_engine, "nobody@example.com"))
+        [user_id] = await insert_users(e2e_engine, "nobody@example.com")
+        [run_id] = await publish(e2e_redis, SEND_WELCOME_EMAIL.name, user_id=user_id)
         failed = await wait_for_state(e2e_engine, run_id, TaskState.FAILED)
     finally:
         controller.stop()
@@ -121,7 +90,8 @@ async def test_retries_are_bounded(
 ) -> None:
     processes.env.update(FAST_RETRIES)
     processes.worker(SMTP_HOST="127.0.0.1", SMTP_PORT=str(free_port()))
-    run_id = await send_welcome(e2e_redis, await add_user(e2e_engine, "never@example.com"))
+    [user_id] = await insert_users(e2e_engine, "never@example.com")
+    [run_id] = await publish(e2e_redis, SEND_WELCOME_EMAIL.name, user_id=user_id)
     failed = await wait_for_state(e2e_engine, run_id, TaskState.FAILED, timeout=60)
     assert failed.attempts == 1 + int(FAST_RETRIES["TASK_MAX_RETRIES"])
 
@@ -131,7 +101,7 @@ async def test_a_run_delivered_past_the_bound_is_failed_and_not_run(
 ) -> None:
     """A poison message (one that keeps killing its worker) shows as a run that started
     TASK_MAX_ATTEMPTS times without finishing: the next delivery fails it instead of running."""
-    user_id = await add_user(e2e_engine, "poison@example.com")
+    [user_id] = await insert_users(e2e_engine, "poison@example.com")
     run_id = uuid.uuid4()
     kwargs = {"user_id": user_id, "seconds": 0}
     async with e2e_engine.begin() as conn:
@@ -150,4 +120,4 @@ async def test_a_run_delivered_past_the_bound_is_failed_and_not_run(
     assert "not run again" in failed.error
     async with e2e_engine.connect() as conn:
         name = await conn.scalar(select(User.full_name).where(User.id == user_id))
-    assert name == "R"  # the task's effect never happened
+    assert name == "poison"  # the task's effect never happened

@@ -1,38 +1,24 @@
 """The task runtime in a real prefork worker, against the real broker and database."""
 
-import json
 import os
 import signal
-import uuid
 from collections import defaultdict
 
 from redis.asyncio import Redis
-from sqlalchemy import insert, select, text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy import select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.broker import Broker, TaskMessage
 from shared.contracts import SEND_WELCOME_EMAIL
-from shared.models import TaskRun, TaskState, User
+from shared.models import TaskState, User
 from tests.fixtures.processes import Processes
+from tests.fixtures.runs import publish, runs_by_id, wait_for_state
 from tests.fixtures.smtp import Mailbox
+from tests.fixtures.users import insert_users
 from tests.fixtures.waiting import eventually
-from tests.worker.probe_tasks import PROBE_APP, REPORTS_KEY, SLOW_UPDATE
+from tests.worker.probe_tasks import PROBE_APP, SLOW_UPDATE, reports
 
 LOOP_ERRORS = ("attached to a different loop", "another operation is in progress", "loop is closed")
-
-
-async def publish(redis: Redis, name: str, count: int = 1, **kwargs: object) -> list[uuid.UUID]:
-    messages = [TaskMessage(uuid.uuid4(), name, kwargs, "default") for _ in range(count)]
-    await Broker(redis, timeout=5).publish(messages)
-    return [m.id for m in messages]
-
-
-async def reports(redis: Redis, count: int, timeout: float = 90) -> list[dict[str, int]]:
-    async def enough() -> bool:
-        return int(await redis.llen(REPORTS_KEY)) >= count
-
-    await eventually(enough, timeout, f"{count} task reports")
-    return [json.loads(r) for r in await redis.lrange(REPORTS_KEY, 0, -1)]
 
 
 async def worker_connections(engine: AsyncEngine) -> int:
@@ -84,21 +70,10 @@ async def test_the_asyncio_run_form_still_works_for_many_tasks(
     assert "Traceback" not in worker.output()
 
 
-async def run_states(engine: AsyncEngine, ids: list[uuid.UUID]) -> dict[uuid.UUID, TaskRun]:
-    async with AsyncSession(engine) as session:
-        runs = (await session.scalars(select(TaskRun).where(TaskRun.id.in_(ids)))).all()
-    return {run.id: run for run in runs}
-
-
 async def test_welcome_email_arrives_once_even_when_enqueued_twice(
     processes: Processes, e2e_redis: Redis, e2e_engine: AsyncEngine, smtp_server: Mailbox
 ) -> None:
-    async with e2e_engine.begin() as conn:
-        user_id = await conn.scalar(
-            insert(User)
-            .values(email="ada@example.com", full_name="Ada Lovelace")
-            .returning(User.id)
-        )
+    [user_id] = await insert_users(e2e_engine, "ada@example.com")
     runs = await publish(e2e_redis, SEND_WELCOME_EMAIL.name, count=2, user_id=user_id)
     # The same run delivered twice, as at-least-once delivery allows.
     duplicate = TaskMessage(runs[0], SEND_WELCOME_EMAIL.name, {"user_id": user_id}, "default")
@@ -106,34 +81,26 @@ async def test_welcome_email_arrives_once_even_when_enqueued_twice(
     processes.worker(SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp_server.port))
 
     async def all_succeeded() -> bool:
-        states = await run_states(e2e_engine, runs)
+        states = await runs_by_id(e2e_engine, runs)
         return len(states) == 2 and all(r.state == TaskState.SUCCEEDED for r in states.values())
 
     await eventually(all_succeeded, 30, "both runs to succeed")
     assert len(smtp_server.to("ada@example.com")) == 1
-    results = sorted(str(r.result) for r in (await run_states(e2e_engine, runs)).values())
+    results = sorted(str(r.result) for r in (await runs_by_id(e2e_engine, runs)).values())
     assert results == ["False", "True"]
 
 
 async def test_a_child_killed_mid_task_gets_its_message_again_and_applies_it_once(
     processes: Processes, e2e_redis: Redis, e2e_engine: AsyncEngine
 ) -> None:
-    async with e2e_engine.begin() as conn:
-        user_id = await conn.scalar(
-            insert(User).values(email="k@example.com", full_name="K").returning(User.id)
-        )
+    [user_id] = await insert_users(e2e_engine, "k@example.com")
     processes.worker(app=PROBE_APP, concurrency=1)
     [run_id] = await publish(e2e_redis, SLOW_UPDATE.name, user_id=user_id, seconds=3)
     [first] = await reports(e2e_redis, 1)
     os.kill(first["started"], signal.SIGKILL)
 
-    async def succeeded() -> bool:
-        run = (await run_states(e2e_engine, [run_id])).get(run_id)
-        return run is not None and run.state == TaskState.SUCCEEDED
-
-    await eventually(succeeded, 60, "the redelivered run to succeed")
-    run = (await run_states(e2e_engine, [run_id]))[run_id]
+    run = await wait_for_state(e2e_engine, run_id, TaskState.SUCCEEDED, timeout=60)
     assert run.attempts == 2
     async with e2e_engine.connect() as conn:
         name = await conn.scalar(select(User.full_name).where(User.id == user_id))
-    assert name == "K+"
+    assert name == "k+"

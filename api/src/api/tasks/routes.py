@@ -4,8 +4,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Header, HTTPException, Query, status
-from pydantic import StringConstraints
+from fastapi import APIRouter, Body, Header, HTTPException, Query, status
+from pydantic import StringConstraints, TypeAdapter
 from redis.exceptions import RedisError
 
 from api.auth import AdminToken, AnyToken
@@ -14,14 +14,17 @@ from api.errors import error_responses
 from api.middleware import current_request_id
 from api.pagination import Cursor, InvalidCursor, Limit, decode_cursor, encode_cursor
 from api.tasks.schemas import (
+    SAFE_EXAMPLE,
     ScheduleOut,
     TaskAcceptedOut,
     TaskEnqueueIn,
     TaskRunOut,
     TaskRunPage,
+    TaskTypeOut,
 )
 from api.text import Printable
 from shared.beat import read_schedule
+from shared.contracts import CONTRACTS
 from shared.models import TaskState
 from shared.runs import service
 from shared.runs.errors import RunNotFound
@@ -54,13 +57,24 @@ def _run_id(value: str) -> uuid.UUID:
     responses=error_responses(401, 403, 409, 413, 415, 422),
 )
 async def enqueue_task(
-    body: TaskEnqueueIn,
+    body: Annotated[
+        TaskEnqueueIn,
+        Body(
+            openapi_examples={
+                "prune": {
+                    "summary": "Prune runs finished over a century ago (safe to try)",
+                    "value": SAFE_EXAMPLE.model_dump(mode="json"),
+                }
+            }
+        ),
+    ],
     db: DbSession,
     resources: AppResources,
     _: AdminToken,
     idempotency_key: IdempotencyKey = None,
 ) -> TaskAcceptedOut:
-    """Enqueue a task by name, with arguments checked against its contract."""
+    """Enqueue a task by name, with arguments checked against its contract (GET /task-types
+    lists the tasks and their arguments)."""
     run = await service.enqueue(
         db,
         name=body.name,
@@ -68,8 +82,6 @@ async def enqueue_task(
         request_id=current_request_id(),
         idempotency_key=idempotency_key,
     )
-    if run.published_at is None:
-        resources.publisher.submit([run])
     return TaskAcceptedOut.model_validate(run)
 
 
@@ -83,7 +95,6 @@ async def retry_task(
 ) -> TaskAcceptedOut:
     """Run a FAILED run's task again, with the same arguments, as a new run."""
     run = await service.retry_run(db, _run_id(run_id), request_id=current_request_id())
-    resources.publisher.submit([run])
     return TaskAcceptedOut.model_validate(run)
 
 
@@ -138,3 +149,27 @@ async def list_schedules(resources: AppResources, _: AdminToken) -> list[Schedul
             status.HTTP_503_SERVICE_UNAVAILABLE, "the broker (Redis) is unavailable"
         ) from None
     return [ScheduleOut(**vars(entry)) for entry in entries]
+
+
+def _task_types() -> list[TaskTypeOut]:
+    return [
+        TaskTypeOut(
+            name=contract.name,
+            queue=contract.queue.value,
+            description=contract.description,
+            args_schema=contract.args.model_json_schema(),
+            result_schema=TypeAdapter(contract.result).json_schema(),
+        )
+        for contract in sorted(CONTRACTS.values(), key=lambda c: c.name)
+        if contract.enqueueable
+    ]
+
+
+@router.get("/task-types", responses=error_responses(401, 403))
+async def list_task_types(_: AdminToken) -> list[TaskTypeOut]:
+    """Every task POST /tasks accepts: its queue, what it does, and the JSON schemas of its
+    arguments (`kwargs`) and of its result."""
+    return _TASK_TYPES
+
+
+_TASK_TYPES = _task_types()  # the contracts are fixed for the life of the process

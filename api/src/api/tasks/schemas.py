@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
 from api.text import Printable, Trimmed
+from shared.contracts import PRUNE_LOGS, PruneLogsArgs
 from shared.models import TaskState
 
 TaskName = Annotated[str, StringConstraints(min_length=1, max_length=200), Trimmed, Printable]
@@ -15,8 +16,28 @@ TaskName = Annotated[str, StringConstraints(min_length=1, max_length=200), Trimm
 class TaskEnqueueIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: TaskName = Field(description="A task name, e.g. maintenance.prune_logs")
-    kwargs: dict[str, JsonValue] = Field(default_factory=dict)
+    name: TaskName = Field(description="A task name: GET /task-types lists them")
+    kwargs: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description="The task's arguments, as its `args_schema` in GET /task-types describes",
+    )
+
+
+# The example the OpenAPI page offers: accepted as it stands, and harmless to run (it prunes
+# finished runs older than a hundred years, the longest retention the task takes).
+SAFE_EXAMPLE = TaskEnqueueIn(
+    name=PRUNE_LOGS.name, kwargs=PruneLogsArgs(days=36_500).model_dump(mode="json")
+)
+
+
+class TaskTypeOut(BaseModel):
+    """A task `POST /tasks` accepts."""
+
+    name: str
+    queue: str = Field(description="The broker queue its runs go to")
+    description: str
+    args_schema: dict[str, JsonValue] = Field(description="JSON schema of `kwargs`")
+    result_schema: dict[str, JsonValue] = Field(description="JSON schema of a run's `result`")
 
 
 class TaskAcceptedOut(BaseModel):
