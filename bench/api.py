@@ -1,7 +1,9 @@
 """Does the outbox cost `POST /users` anything, next to the naive insert-commit-send_task?
 
-Two apps, each under uvicorn (one process, no access log, log level warning), on the same
-PostgreSQL server (a fresh migrated database each) and the same Redis (index 15):
+Two apps, each under one uvicorn process started as docs/deploy.md starts the API (uvicorn's
+defaults: log level info, access log on), each logging every request to its log file (the
+product one JSON line of its own, the naive app uvicorn's access line), on the same PostgreSQL
+server (a fresh migrated database each) and the same Redis (index 15):
 
 - product: `api.main:create_app`, whose `POST /users` commits the user and its welcome-email
   run in one transaction, answers, and leaves the publish to its background publisher;
@@ -137,15 +139,14 @@ class Server(BenchProcess):
             **os.environ,
             "DATABASE_URL": database.render_as_string(hide_password=False),
             "REDIS_URL": REDIS_URL,
-            # test, not production: production refuses the development client token.
+            # test, not production: production refuses the development client token. Like
+            # production, it logs JSON lines at INFO.
             "ENVIRONMENT": "test",
-            # Both sides log at the same level, so logging costs the same on each.
-            "LOG_LEVEL": "WARNING",
+            "LOG_LEVEL": "INFO",
         }
         argv = [
             sys.executable, "-m", "uvicorn", side.module, "--factory", "--host", HOST,
-            "--port", str(self.port), "--workers", "1", "--no-access-log",
-            "--log-level", "warning",
+            "--port", str(self.port),
         ]  # fmt: skip
         super().__init__("uvicorn", argv, env, log)
 

@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.contracts import SEND_WELCOME_EMAIL, SendWelcomeEmailArgs
+from shared.db import autocommit_statement
 from shared.models import TaskRun, User
 from shared.runs.outbox import new_run
 from shared.users.errors import EmailTaken, UserNotFound
@@ -54,6 +55,7 @@ async def create_user(
         "request_id": request_id,
     }
     try:
+        await autocommit_statement(db)  # one statement: both rows or neither
         user = (await db.scalars(statement, params)).one()
         await db.commit()
     except IntegrityError as exc:
