@@ -8,6 +8,7 @@ export UV_PYTHON_DOWNLOADS := never
 PYTEST_WORKERS ?= auto
 
 .PHONY: test run lint types migrate services sync uv bench-worker bench-api bench-maintenance
+.PHONY: images smoke-images
 
 uv:
 	@command -v uv >/dev/null || python3 -m pip install --quiet --user uv \
@@ -28,6 +29,7 @@ types: sync
 	uv run mypy
 
 test: lint types services
+	uv run python scripts/ensure_services.py --redis-server
 	uv run pytest -n $(PYTEST_WORKERS) --maxprocesses 6 --dist loadgroup
 
 migrate: sync
@@ -37,6 +39,14 @@ migrate: sync
 run: migrate
 	uv run python scripts/run_stack.py
 
+# The container images, built and run for real (docs/deploy.md, "Building and checking the
+# images"). A Docker engine is started (and installed, as root) when none answers.
+images: sync
+	uv run python -m scripts.containers images
+
+smoke-images: services
+	uv run python -m scripts.containers smoke
+
 bench-worker: services
 	uv run python -m bench.worker
 
@@ -44,6 +54,7 @@ bench-maintenance: services
 	uv run python -m bench.maintenance
 
 bench-api: services
+	uv run python scripts/ensure_services.py --wrk
 	uv run python -m bench.api
 
 # Soak: the whole stack for SOAK_MINUTES at SOAK_RATE sign-ups/s, the worker SIGKILLed every

@@ -2,18 +2,18 @@
 
 Two apps, each under one uvicorn process started as docs/deploy.md starts the API (uvicorn's
 defaults: log level info, access log on), each logging every request to its log file (the
-product one JSON line of its own, the naive app uvicorn's access line), on the same PostgreSQL
-server (a fresh migrated database each) and the same Redis (index 15):
+product its own JSON line, the naive app uvicorn's access line), on the same PostgreSQL server
+(a fresh migrated database each) and the same Redis (the benchmark's own):
 
 - product: `api.main:create_app`, whose `POST /users` commits the user and its welcome-email
   run in one transaction, answers, and leaves the publish to its background publisher;
 - naive: `bench.naive_app`, what the common templates do: insert, commit, then Celery's
   blocking `send_task` inside the async endpoint.
 
-A second process loads each for a fixed time at 32 connections: wrk (Debian's; installed with
-apt-get when missing and running as root) with a Lua script that makes every body unique, or,
-failing that, a small asyncio load generator in this process. Each timed phase follows a warm-up
-on the same app; the apps alternate first place across rounds, so machine noise falls on both.
+wrk loads each for a fixed time at 32 connections (Debian's package: `make bench-api`
+installs it when missing), with a Lua script that makes every body unique. Each timed phase
+follows a warm-up on the same app; the apps alternate first place across rounds, so machine
+noise falls on both.
 
 Prints requests/s, p50, p99 and non-2xx responses for both, the ratio product/naive (target
 >= 1.0, and the product's p99 no worse than the naive one's), and checks that both sides really
@@ -25,18 +25,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,10 +42,11 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
-from bench.databases import REDIS_URL, create_migrated_database
-from bench.process import BenchProcess
+from bench.services import own_redis, url_of
 from shared.db import make_engine
 from shared.settings import DEV_API_TOKEN
+from tests.fixtures.postgres import create_migrated_database
+from tests.fixtures.processes import Proc, Processes
 
 PRODUCT_DATABASE = "backend_bench_api"
 NAIVE_DATABASE = "backend_bench_api_naive"
@@ -68,7 +65,6 @@ class Plan:
     seconds: float
     warmup: float
     repeat: int
-    loader: str  # "auto", "wrk" or "python"
 
 
 @dataclass(frozen=True)
@@ -91,6 +87,7 @@ class Side:
     module: str
     database: str
     headers: dict[str, str]
+    redis_url: str  # the benchmark's own Redis, shared by both sides
     url: URL | None = None
     server: Server | None = None
     results: list[LoadResult] = field(default_factory=list)
@@ -122,203 +119,67 @@ class Side:
         return sum(r.socket_errors for r in self.results)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Server(BenchProcess):
+@dataclass
+class Server:
     """One uvicorn process serving one app, as production runs the API (one process each)."""
 
-    def __init__(self, side: Side, database: URL, log: Path) -> None:
-        self.port = free_port()
-        self.base_url = f"http://{HOST}:{self.port}"
-        env = {
-            **os.environ,
-            "DATABASE_URL": database.render_as_string(hide_password=False),
-            "REDIS_URL": REDIS_URL,
-            # test, not production: production refuses the development client token. Like
-            # production, it logs JSON lines at INFO.
-            "ENVIRONMENT": "test",
-            "LOG_LEVEL": "INFO",
-        }
-        argv = [
-            sys.executable, "-m", "uvicorn", side.module, "--factory", "--host", HOST,
-            "--port", str(self.port),
-        ]  # fmt: skip
-        super().__init__("uvicorn", argv, env, log)
+    proc: Proc
+    base_url: str
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the server process so far: with one process, CPU per request
         bounds the rate (1 / CPU per request) whatever the database and Redis do."""
-        times = psutil.Process(self.popen.pid).cpu_times()
+        times = psutil.Process(self.proc.popen.pid).cpu_times()
         return times.user + times.system
 
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            self.check_alive()
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.base_url} not ready in {START_TIMEOUT}s")
-            time.sleep(0.1)
+
+def start_server(processes: Processes, side: Side, database: URL) -> Server:
+    proc, base_url = processes.api(
+        app=side.module,
+        DATABASE_URL=database.render_as_string(hide_password=False),
+        # test, not production: production refuses the development client token. Like
+        # production, it logs JSON lines at INFO, one per request.
+        ENVIRONMENT="test",
+        LOG_LEVEL="INFO",
+    )
+    return Server(proc, base_url)
 
 
-# --- load generators -------------------------------------------------------------------------
-
-Loader = Callable[[str, dict[str, str], float], LoadResult]
+# --- the load: wrk ----------------------------------------------------------------------------
 
 
-def ensure_wrk() -> str | None:
-    """wrk's path, installing Debian's package when missing and allowed; None if unavailable."""
+def wrk(base_url: str, headers: dict[str, str], seconds: float) -> LoadResult:
     found = shutil.which("wrk")
-    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
-        return found
-    print("wrk is missing: apt-get install -y wrk", flush=True)
-    apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (["apt-get", "install", "-y", "wrk"], ["apt-get", "update"]):
-        subprocess.run(argv, env=apt_env, capture_output=True, check=False)
-        if argv[1] == "update":  # the package lists were stale: try once more
-            subprocess.run(
-                ["apt-get", "install", "-y", "wrk"], env=apt_env, capture_output=True, check=False
-            )
-        if found := shutil.which("wrk"):
-            return found
-    return None
-
-
-def wrk_loader(wrk: str) -> Loader:
-    def run(base_url: str, headers: dict[str, str], seconds: float) -> LoadResult:
-        header_args = [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
-        argv = [
-            wrk, "-t", str(WRK_THREADS), "-c", str(CONNECTIONS), "-d", f"{seconds:g}s",
-            "--timeout", "10s", "--latency", *header_args, "-s", str(LUA_SCRIPT), base_url,
-            "--", uuid.uuid4().hex[:12],
-        ]  # fmt: skip
-        done = subprocess.run(argv, capture_output=True, text=True, check=True)
-        lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-        if not lines:
-            raise RuntimeError(f"wrk printed no result:\n{done.stdout}\n{done.stderr}")
-        raw = json.loads(lines[-1].removeprefix(RESULT_PREFIX))
-        return LoadResult(
-            requests=raw["requests"],
-            seconds=raw["duration_us"] / 1e6,
-            p50_ms=raw["p50_us"] / 1000,
-            p99_ms=raw["p99_us"] / 1000,
-            non_2xx=raw["non_2xx"],
-            socket_errors=raw["socket_errors"],
-        )
-
-    return run
-
-
-class PythonLoad:
-    """The fallback when wrk is unavailable: 32 keep-alive HTTP/1.1 connections on asyncio
-    streams, each sending its next request when the previous answer is read (what wrk does).
-    Far slower per request than wrk, so its figures are only comparable with each other."""
-
-    def __init__(self, base_url: str, headers: dict[str, str]) -> None:
-        host_port = base_url.removeprefix("http://")
-        self.host, port = host_port.rsplit(":", 1)
-        self.port = int(port)
-        self.extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-        self.nonce = uuid.uuid4().hex[:12]
-        self.latencies: list[float] = []
-        self.non_2xx = 0
-        self.socket_errors = 0
-
-    def request(self, connection: int, number: int) -> bytes:
-        body = json.dumps(
-            {
-                "email": f"u{self.nonce}-{connection}-{number}@example.com",
-                "full_name": f"Bench User {connection}-{number}",
-            }
-        ).encode()
-        head = (
-            f"POST /users HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{self.extra}\r\n"
-        )
-        return head.encode() + body
-
-    async def connection(self, number: int) -> None:
-        try:
-            reader, writer = await asyncio.open_connection(self.host, self.port)
-        except OSError:
-            self.socket_errors += 1
-            return
-        try:
-            for count in range(1, sys.maxsize):
-                start = time.perf_counter()
-                writer.write(self.request(number, count))
-                status_line = await reader.readline()
-                length = 0
-                while (line := await reader.readline()) not in (b"\r\n", b""):
-                    name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
-                        length = int(value)
-                await reader.readexactly(length)
-                self.latencies.append(time.perf_counter() - start)
-                if not status_line.split(b" ")[1].startswith(b"2"):
-                    self.non_2xx += 1
-        except (OSError, IndexError, asyncio.IncompleteReadError):
-            self.socket_errors += 1
-        finally:
-            writer.close()
-
-    async def run(self, seconds: float) -> LoadResult:
-        tasks = [asyncio.create_task(self.connection(i)) for i in range(1, CONNECTIONS + 1)]
-        start = time.perf_counter()
-        await asyncio.sleep(seconds)
-        for task in tasks:  # requests in flight at the end are not counted, as with wrk
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        elapsed = time.perf_counter() - start
-        ordered = sorted(self.latencies) or [0.0]
-        return LoadResult(
-            requests=len(self.latencies),
-            seconds=elapsed,
-            p50_ms=ordered[len(ordered) // 2] * 1000,
-            p99_ms=ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
-            non_2xx=self.non_2xx,
-            socket_errors=self.socket_errors,
-        )
-
-
-def python_loader(base_url: str, headers: dict[str, str], seconds: float) -> LoadResult:
-    return asyncio.run(PythonLoad(base_url, headers).run(seconds))
-
-
-def choose_loader(choice: str) -> tuple[str, Loader]:
-    if choice in ("auto", "wrk"):
-        wrk = ensure_wrk()
-        if wrk:
-            return f"wrk -t{WRK_THREADS} -c{CONNECTIONS} --latency", wrk_loader(wrk)
-        if choice == "wrk":
-            raise SystemExit("wrk is not installed and could not be installed")
-        print("wrk unavailable: falling back to the Python load generator", flush=True)
-    return f"Python asyncio load generator, {CONNECTIONS} connections", python_loader
+    if found is None:
+        raise SystemExit("wrk is missing: `make bench-api` installs it (Debian's package)")
+    header_args = [arg for name, value in headers.items() for arg in ("-H", f"{name}: {value}")]
+    argv = [
+        found, "-t", str(WRK_THREADS), "-c", str(CONNECTIONS), "-d", f"{seconds:g}s",
+        "--timeout", "10s", "--latency", *header_args, "-s", str(LUA_SCRIPT), base_url,
+        "--", uuid.uuid4().hex[:12],
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if not lines:
+        raise RuntimeError(f"wrk printed no result:\n{done.stdout}\n{done.stderr}")
+    raw = json.loads(lines[-1].removeprefix(RESULT_PREFIX))
+    return LoadResult(
+        requests=raw["requests"],
+        seconds=raw["duration_us"] / 1e6,
+        p50_ms=raw["p50_us"] / 1000,
+        p99_ms=raw["p99_us"] / 1000,
+        non_2xx=raw["non_2xx"],
+        socket_errors=raw["socket_errors"],
+    )
 
 
 # --- Redis and database checks -------------------------------------------------------------
 
 
-async def queue_length() -> int:
-    redis: Redis = Redis.from_url(REDIS_URL)
+async def queue_length(side: Side) -> int:
+    redis: Redis = Redis.from_url(side.redis_url)
     try:
         return int(await redis.llen(QUEUE))
-    finally:
-        await redis.aclose()
-
-
-async def clear_queue() -> None:
-    # Only the list this benchmark fills: other benchmarks on this machine share index 15.
-    redis: Redis = Redis.from_url(REDIS_URL)
-    try:
-        await redis.delete(QUEUE)
     finally:
         await redis.aclose()
 
@@ -353,7 +214,7 @@ async def settle(side: Side) -> str:
     quiet_since = start
     while time.perf_counter() - start < PUBLISH_WAIT:
         pending = await count(side.url, UNPUBLISHED) if side.label == "product" else 0
-        now = (await queue_length(), await count(side.url, USERS), pending)
+        now = (await queue_length(side), await count(side.url, USERS), pending)
         if now != state:
             state, quiet_since = now, time.perf_counter()
         elif not pending and time.perf_counter() - quiet_since >= SETTLE_QUIET:
@@ -384,38 +245,37 @@ def smoke_post(side: Side) -> None:
         )
 
 
-def load_phase(side: Side, plan: Plan, loader: Loader, lags: list[str]) -> LoadResult:
+def load_phase(side: Side, plan: Plan, lags: list[str]) -> LoadResult:
     assert side.server is not None
     assert side.url is not None
-    before = asyncio.run(queue_length())
-    loader(side.server.base_url, side.headers, plan.warmup)
+    before = asyncio.run(queue_length(side))
+    wrk(side.server.base_url, side.headers, plan.warmup)
     cpu_before = side.server.cpu_seconds()
-    result = loader(side.server.base_url, side.headers, plan.seconds)
-    side.server.check_alive()
+    result = wrk(side.server.base_url, side.headers, plan.seconds)
+    side.server.proc.check_alive()
     # Read before settling, so the product's publisher catching up is left out; it is small
     # (a few dozen runs, see "unpublished when the load stopped").
     side.cpu_seconds += side.server.cpu_seconds() - cpu_before
     settled = asyncio.run(settle(side))
     if side.label == "product":
         lags.append(settled)
-    side.messages += asyncio.run(queue_length()) - before
+    side.messages += asyncio.run(queue_length(side)) - before
     side.results.append(result)
     return result
 
 
-def run(plan: Plan, product: Side, naive: Side, loader: Loader) -> list[str]:
+def run(plan: Plan, product: Side, naive: Side) -> list[str]:
     lines: list[str] = []
     lags: list[str] = []
-    asyncio.run(clear_queue())
     for side in (product, naive):
-        before = asyncio.run(queue_length())
+        before = asyncio.run(queue_length(side))
         smoke_post(side)
         asyncio.run(settle(side))
-        side.messages += asyncio.run(queue_length()) - before
+        side.messages += asyncio.run(queue_length(side)) - before
     for number in range(plan.repeat):
         order = (product, naive) if number % 2 == 0 else (naive, product)
         for side in order:
-            r = load_phase(side, plan, loader, lags)
+            r = load_phase(side, plan, lags)
             lines.append(
                 f"  round {number + 1} {side.label:<8}{r.rate:8.1f} req/s   p50 {r.p50_ms:7.1f} ms"
                 f"   p99 {r.p99_ms:7.1f} ms   non-2xx {r.non_2xx}   socket errors "
@@ -425,9 +285,7 @@ def run(plan: Plan, product: Side, naive: Side, loader: Loader) -> list[str]:
     return [*lines, "", *publishing]
 
 
-def report(
-    plan: Plan, loader_label: str, product: Side, naive: Side, rounds: list[str], load: str
-) -> list[str]:
+def report(plan: Plan, product: Side, naive: Side, rounds: list[str], load: str) -> list[str]:
     assert product.url is not None
     assert naive.url is not None
     p_users = asyncio.run(count(product.url, USERS))
@@ -436,7 +294,8 @@ def report(
     n_users = asyncio.run(count(naive.url, USERS))
     ratio = product.rate / naive.rate
     lines = [
-        f"POST /users, one uvicorn process per app, {loader_label}; {plan.repeat} rounds of "
+        f"POST /users, one uvicorn process per app, wrk -t{WRK_THREADS} -c{CONNECTIONS} "
+        f"--latency; {plan.repeat} rounds of "
         f"{plan.seconds:g} s per app after a {plan.warmup:g} s warm-up each, order alternating.",
         "p50 and p99 are the median of the rounds' own percentiles.",
         f"Machine: {os.cpu_count()} cores; {load}.",
@@ -477,45 +336,44 @@ def parse_plan(argv: list[str] | None) -> Plan:
     parser.add_argument("--seconds", type=float, default=20.0, help="timed load per app per round")
     parser.add_argument("--warmup", type=float, default=3.0, help="untimed load before each")
     parser.add_argument(
-        "--repeat", type=int, default=2, help="rounds, alternating which goes first"
+        "--repeat", type=int, default=4, help="rounds, alternating which goes first"
     )
     parser.add_argument("--quick", action="store_true", help="5 s phases: a smoke run")
-    parser.add_argument("--loader", choices=["auto", "wrk", "python"], default="auto")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds = 5.0
-    return Plan(args.seconds, args.warmup, args.repeat, args.loader)
+    return Plan(args.seconds, args.warmup, args.repeat)
 
 
 def main(argv: list[str] | None = None) -> None:
     plan = parse_plan(argv)
-    loader_label, loader = choose_loader(plan.loader)
-    product = Side(
-        "product", "api.main:create_app", PRODUCT_DATABASE,
-        {"Authorization": f"Bearer {DEV_API_TOKEN}"},
-    )  # fmt: skip
-    naive = Side("naive", "bench.naive_app:create_app", NAIVE_DATABASE, {})
-    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-api-") as tmp,
+        own_redis(Path(tmp)) as redis_url,
+    ):
+        product = Side(
+            "product", "api.main:create_app", PRODUCT_DATABASE,
+            {"Authorization": f"Bearer {DEV_API_TOKEN}"}, redis_url,
+        )  # fmt: skip
+        naive = Side("naive", "bench.naive_app:create_app", NAIVE_DATABASE, {}, redis_url)
+        urls = {side.label: url_of(side.database) for side in (product, naive)}
+        processes = Processes(Path(tmp), urls["product"], redis_url)
         try:
             for side in (product, naive):
-                side.url = create_migrated_database(side.database)
-                side.server = Server(side, side.url, Path(tmp) / f"{side.label}.log")
-            for side in (product, naive):
-                assert side.server is not None
-                side.server.wait_ready()
+                side.url = create_migrated_database(urls[side.label], "bench")
+                side.server = start_server(processes, side, side.url)
                 print(
-                    f"{side.label}: uvicorn pid {side.server.popen.pid} on {side.server.base_url}",
+                    f"{side.label}: uvicorn pid {side.server.proc.popen.pid} on "
+                    f"{side.server.base_url}",
                     flush=True,
                 )
             before = os.getloadavg()[0]
-            rounds = run(plan, product, naive, loader)
+            rounds = run(plan, product, naive)
             # Anything else running here shares the two cores: the load average tells.
             load = f"1-min load average {before:.2f} before, {os.getloadavg()[0]:.2f} after"
         finally:
-            for side in (product, naive):
-                if side.server is not None:
-                    side.server.stop()
-        lines = report(plan, loader_label, product, naive, rounds, load)
+            processes.stop_all()
+        lines = report(plan, product, naive, rounds, load)
     print("\n".join(lines))
 
 

@@ -32,8 +32,9 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
-from bench.databases import copy_database, create_migrated_database, drop_database, url_of
+from bench.services import url_of
 from shared.db import make_engine
+from tests.fixtures.postgres import create_migrated_database, drop_database, recreate_database
 
 COPY = "backend_bench_copy"
 REPO = Path(__file__).resolve().parents[1]
@@ -155,13 +156,14 @@ def task(url: URL, job: Job) -> Side:
 
 
 async def on_fresh_copy(job: Job, run_task: bool) -> Side:
-    await copy_database(job.seed_database, COPY)
+    copy = url_of(COPY)
+    await recreate_database(copy, "bench", template=job.seed_database)
     try:
         if run_task:
-            return await asyncio.to_thread(task, url_of(COPY), job)
-        return await plain_sql(url_of(COPY), job.plain_sql)
+            return await asyncio.to_thread(task, copy, job)
+        return await plain_sql(copy, job.plain_sql)
     finally:
-        await drop_database(COPY)
+        await drop_database(copy, "bench")
 
 
 async def compare(job: Job, repeat: int) -> list[str]:
@@ -204,13 +206,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     for job, rows in zip(JOBS, (args.users, args.runs), strict=True):
-        url = create_migrated_database(job.seed_database)
+        url = create_migrated_database(url_of(job.seed_database), "bench")
         seconds = asyncio.run(fill(url, job, rows))
         print(f"{job.task} over {rows:,} {job.table} (seeded in {seconds:.0f} s):", flush=True)
         try:
             print("\n".join(asyncio.run(compare(job, args.repeat))), flush=True)
         finally:
-            asyncio.run(drop_database(job.seed_database))
+            asyncio.run(drop_database(url, "bench"))
 
 
 if __name__ == "__main__":

@@ -16,13 +16,24 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from shared.contracts import NoArgs, PruneLogsArgs
-from worker.celery_app import run_async
-from worker.maintenance.tasks import prune_logs_core
-from worker.users.tasks import deactivate_inactive_users_core
+from worker.celery_app import get_task_session, run_async
+from worker.maintenance.tasks import prune_logs
+from worker.users.tasks import deactivate_inactive_users
+
+
+async def _deactivate() -> int:
+    async with get_task_session() as db:
+        return await deactivate_inactive_users(NoArgs(), db)
+
+
+async def _prune() -> int:
+    async with get_task_session() as db:
+        return await prune_logs(PruneLogsArgs(days=30), db)
+
 
 JOBS: dict[str, Callable[[], Coroutine[Any, Any, int]]] = {
-    "deactivate": lambda: deactivate_inactive_users_core(NoArgs()),
-    "prune": lambda: prune_logs_core(PruneLogsArgs(days=30)),
+    "deactivate": _deactivate,
+    "prune": _prune,
 }
 
 

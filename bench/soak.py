@@ -35,7 +35,7 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.databases import url_of
+from bench.services import url_of
 from shared.db import make_engine
 from shared.models import TaskRun, TaskState, User
 from tests.fixtures.api import CLIENT

@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -38,11 +36,12 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 
-from bench.databases import REDIS_URL, create_migrated_database
-from bench.process import BenchProcess
-from bench.tasks import COUNTER_KEY, NOOP, QUEUE, TOUCH_USER, TOUCH_USER_ASYNCIO_RUN
+from bench.services import own_redis, url_of
+from bench.tasks import COUNTER_KEY, NOOP, TOUCH_USER, TOUCH_USER_ASYNCIO_RUN
 from shared.broker import Broker, TaskMessage
 from shared.db import make_engine
+from tests.fixtures.postgres import create_migrated_database
+from tests.fixtures.processes import Proc, Processes
 
 DATABASE = "backend_bench_worker"
 CONCURRENCY = 2
@@ -78,33 +77,28 @@ class Kind:
         return self.done / sum(self.seconds)
 
 
-class BenchWorker(BenchProcess):
-    """The worker process, started with production's flags (scripts/run_stack.py) but for
-    the queue, and its children."""
+QUEUE = "default"  # the production app's own queue, on the benchmark's own Redis
 
-    def __init__(self, database: URL, log: Path, synchronous_commit: str) -> None:
-        env = {
-            # Production's default is off (see the README); on shows what WAL flushes cost.
-            "WORKER_SYNCHRONOUS_COMMIT": "true" if synchronous_commit == "on" else "false",
-            **os.environ,
-            "DATABASE_URL": database.render_as_string(hide_password=False),
-            "REDIS_URL": REDIS_URL,
-            "ENVIRONMENT": "development",
-            "LOG_LEVEL": "INFO",
-        }
-        argv = [
-            sys.executable, "-m", "celery", "-A", "bench.tasks", "worker", "-P", "prefork",
-            "-c", str(CONCURRENCY), "-Q", QUEUE, "--loglevel", "INFO",
-        ]  # fmt: skip
-        super().__init__("the worker", argv, env, log)
 
-    def children_rss_mb(self) -> dict[int, float]:
-        children = psutil.Process(self.popen.pid).children()
-        return {child.pid: child.memory_info().rss / MB for child in children}
+def start_worker(processes: Processes, synchronous_commit: str) -> Proc:
+    """The worker as tests start it (production's flags, tests/fixtures/processes.py)."""
+    return processes.worker(
+        app="bench.tasks",
+        concurrency=CONCURRENCY,
+        # Production's default is off (see the README); on shows what WAL flushes cost.
+        WORKER_SYNCHRONOUS_COMMIT="true" if synchronous_commit == "on" else "false",
+        ENVIRONMENT="development",
+        LOG_LEVEL="INFO",
+    )
+
+
+def children_rss_mb(worker: Proc) -> dict[int, float]:
+    children = psutil.Process(worker.popen.pid).children()
+    return {child.pid: child.memory_info().rss / MB for child in children}
 
 
 class Producer:
-    def __init__(self, redis: Redis, worker: BenchWorker) -> None:
+    def __init__(self, redis: Redis, worker: Proc) -> None:
         self.redis = redis
         self.broker = Broker(redis, timeout=10)
         self.worker = worker
@@ -182,8 +176,8 @@ def format_rss(label: str, rss: dict[int, float]) -> str:
     return f"  {label:<28}{children}"
 
 
-async def measure(plan: Plan, worker: BenchWorker, database: URL) -> list[str]:
-    redis: Redis = Redis.from_url(REDIS_URL)
+async def measure(plan: Plan, worker: Proc, database: URL, redis_url: str) -> list[str]:
+    redis: Redis = Redis.from_url(redis_url)
     producer = Producer(redis, worker)
     bare = Kind("(a) bare Celery task", NOOP)
     recorded = Kind("(b) recorded DB task, pooled", TOUCH_USER.name)
@@ -192,7 +186,7 @@ async def measure(plan: Plan, worker: BenchWorker, database: URL) -> list[str]:
         await redis.delete(QUEUE, COUNTER_KEY)
         for name in (NOOP, TOUCH_USER.name):  # also waits out the worker's start-up
             await producer.drain(name, plan.warmup)
-        rss = [(f"after warm-up ({2 * plan.warmup:,})", worker.children_rss_mb())]
+        rss = [(f"after warm-up ({2 * plan.warmup:,})", children_rss_mb(worker))]
         rounds, rest = divmod(plan.tasks, plan.round_size)
         sizes = [plan.round_size] * rounds + ([rest] if rest else [])
         for number, size in enumerate(sizes, 1):
@@ -200,7 +194,7 @@ async def measure(plan: Plan, worker: BenchWorker, database: URL) -> list[str]:
                 await producer.run(kind, size)
             done = bare.done + recorded.done
             if done // RSS_EVERY > (done - 2 * size) // RSS_EVERY or number == len(sizes):
-                rss.append((f"after {done:,} tasks", worker.children_rss_mb()))
+                rss.append((f"after {done:,} tasks", children_rss_mb(worker)))
         await producer.run(slow, plan.slow_tasks)
     finally:
         await redis.aclose()
@@ -265,14 +259,18 @@ def parse_plan(argv: list[str] | None) -> Plan:
 
 def main(argv: list[str] | None = None) -> None:
     plan = parse_plan(argv)
-    database = create_migrated_database(DATABASE)
+    database = create_migrated_database(url_of(DATABASE), "bench")
     asyncio.run(seed_users(database, plan.users))
-    with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
-        worker = BenchWorker(database, Path(tmp) / "worker.log", plan.synchronous_commit)
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp,
+        own_redis(Path(tmp)) as redis_url,
+    ):
+        processes = Processes(Path(tmp), database, redis_url)
         try:
-            lines = asyncio.run(measure(plan, worker, database))
+            worker = start_worker(processes, plan.synchronous_commit)
+            lines = asyncio.run(measure(plan, worker, database, redis_url))
         finally:
-            worker.stop()
+            processes.stop_all()
     print("\n".join(lines))
 
 

@@ -4,7 +4,10 @@ A service that does not answer on a loopback address is started if it is install
 installed with apt-get first when it is missing and we run as root (a fresh CI machine). A
 service on another host is never touched: we only say what to start.
 
-Usage: python scripts/ensure_services.py [--create-database]
+Tools, installed with apt-get when missing and we run as root: --redis-server (the test suite
+starts a Redis of its own, whichever Redis REDIS_URL names) and --wrk (for `make bench-api`).
+
+Usage: python scripts/ensure_services.py [--create-database] [--redis-server] [--wrk]
 """
 
 from __future__ import annotations
@@ -127,7 +130,15 @@ async def create_database(url: URL) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--create-database", action="store_true")
+    parser.add_argument("--redis-server", action="store_true", help="install it if missing")
+    parser.add_argument("--wrk", action="store_true", help="install wrk if it is missing")
     args = parser.parse_args()
+    for wanted, tool, package in (
+        (args.redis_server, "redis-server", "redis-server"),
+        (args.wrk, "wrk", "wrk"),
+    ):
+        if wanted and not shutil.which(tool):
+            apt_install(package)
 
     db = settings.database
     ensure("PostgreSQL", db.host or "127.0.0.1", db.port or 5432, start_postgres)

@@ -1,34 +1,45 @@
-# syntax=docker/dockerfile:1
 # The worker image: the Celery worker by default; Celery Beat runs from the same image with
 # `celery -A worker.celery_app beat --loglevel INFO`. Migrations run from the api image.
 # Build from the repository root: docker build -f deploy/docker/worker.Dockerfile -t backend-worker .
+# No `# syntax=` line: the engine's built-in frontend supports `RUN --mount`, and a syntax line
+# would make every build fetch a frontend image from a registry.
 
+# Any Debian-like image with python3 (>= 3.11) on PATH and groupadd/useradd; the runtime stage
+# uses the same image, so the virtual environment's interpreter link stays valid.
 ARG PYTHON_IMAGE=python:3.11-slim
+# Any image with the uv binaries at /uv and /uvx.
+ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
+
+FROM ${UV_IMAGE} AS uv
 
 # ---------------------------------------------------------------------------------------------
 # builder: resolves the `worker` member (and `shared`) from uv.lock into /opt/venv.
 FROM ${PYTHON_IMAGE} AS builder
 
-COPY --from=ghcr.io/astral-sh/uv:0.13.9 /uv /uvx /bin/
+COPY --from=uv /uv /uvx /bin/
 
 # Compile to .pyc here, because the runtime root filesystem is read-only; copy out of the cache
-# mount instead of hard-linking; use the image's interpreter, never download one.
+# mount instead of hard-linking; use the image's python3 from PATH (wherever the base image
+# keeps it), never download one; trust the image's CA store (which may hold a proxy's CA).
 ENV UV_COMPILE_BYTECODE=1 \
+    UV_SYSTEM_CERTS=1 \
     UV_LINK_MODE=copy \
     UV_PYTHON_DOWNLOADS=never \
-    UV_PYTHON=/usr/local/bin/python3.11 \
+    UV_PYTHON_PREFERENCE=only-system \
+    UV_PYTHON=python3 \
     UV_PROJECT_ENVIRONMENT=/opt/venv
 
 WORKDIR /src
 
 # Third-party dependencies only. This layer is keyed on the lock file and the workspace's
 # pyproject files, so it is reused until a dependency changes. --locked refuses a stale lock.
+# Mount targets are absolute: podman/buildah reject relative ones.
 RUN --mount=type=cache,target=/root/.cache/uv \
-    --mount=type=bind,source=uv.lock,target=uv.lock \
-    --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
-    --mount=type=bind,source=shared/pyproject.toml,target=shared/pyproject.toml \
-    --mount=type=bind,source=api/pyproject.toml,target=api/pyproject.toml \
-    --mount=type=bind,source=worker/pyproject.toml,target=worker/pyproject.toml \
+    --mount=type=bind,source=uv.lock,target=/src/uv.lock \
+    --mount=type=bind,source=pyproject.toml,target=/src/pyproject.toml \
+    --mount=type=bind,source=shared/pyproject.toml,target=/src/shared/pyproject.toml \
+    --mount=type=bind,source=api/pyproject.toml,target=/src/api/pyproject.toml \
+    --mount=type=bind,source=worker/pyproject.toml,target=/src/worker/pyproject.toml \
     uv sync --locked --no-dev --package worker --no-editable --no-install-workspace
 
 # The workspace members themselves, installed as wheels (--no-editable), so the runtime stage
@@ -55,13 +66,15 @@ RUN groupadd --system --gid 10001 app \
         --shell /usr/sbin/nologin app
 
 # Nothing is written outside /tmp (an emptyDir in Kubernetes, a tmpfs in compose); the
-# heartbeat files of the probes go to HEARTBEAT_DIR, /tmp by default.
+# heartbeat files of the probes go to HEARTBEAT_DIR, /tmp by default. Prometheus scrapes a pod
+# on its own address, so the metrics servers listen on every interface of its network namespace.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \
     TMPDIR=/tmp \
-    HEARTBEAT_DIR=/tmp
+    HEARTBEAT_DIR=/tmp \
+    METRICS_BIND_ADDRESS=0.0.0.0
 
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app

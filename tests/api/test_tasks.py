@@ -10,7 +10,7 @@ from api.errors import SEND_JSON
 from shared.beat import SCHEDULE_KEY
 from shared.contracts import CONTRACTS, PRUNE_LOGS, RELAY_OUTBOX, SEND_WELCOME_EMAIL, Queue
 from shared.models import TaskRun, TaskState
-from tests.fixtures.api import ADMIN, CLIENT
+from tests.fixtures.api import ADMIN, CLIENT, post_bytes
 from tests.fixtures.cursors import forged_cursor
 
 PRUNE = {"name": "maintenance.prune_logs", "kwargs": {"days": 7}}
@@ -263,9 +263,7 @@ async def test_sql_looking_filters_and_keys_are_only_data(
 async def test_malformed_task_bodies_are_422(
     client: AsyncClient, content: bytes, content_type: str
 ) -> None:
-    response = await client.post(
-        "/tasks", content=content, headers={**ADMIN, "Content-Type": content_type}
-    )
+    response = await post_bytes(client, "/tasks", content, content_type, ADMIN)
     assert response.status_code == 422, response.text
     assert response.json()["detail"]
 
@@ -280,9 +278,7 @@ async def test_malformed_task_bodies_are_422(
 async def test_task_bodies_not_sent_as_json_are_415(
     client: AsyncClient, content: bytes, content_type: str
 ) -> None:
-    response = await client.post(
-        "/tasks", content=content, headers={**ADMIN, "Content-Type": content_type}
-    )
+    response = await post_bytes(client, "/tasks", content, content_type, ADMIN)
     assert response.status_code == 415, response.text
     assert response.json() == {"detail": SEND_JSON}
 

@@ -14,7 +14,7 @@ from shared.contracts import SEND_WELCOME_EMAIL
 from shared.db import make_sessionmaker
 from shared.models import TaskRun, TaskState, User
 from shared.settings import settings
-from tests.fixtures.api import ADMIN, CLIENT
+from tests.fixtures.api import ADMIN, CLIENT, post_bytes
 from tests.fixtures.cursors import forged_cursor
 
 
@@ -222,9 +222,7 @@ async def test_concurrent_sign_ups_with_one_email_exactly_one_wins(
 async def test_malformed_bodies_are_422(
     client: AsyncClient, content: bytes, content_type: str
 ) -> None:
-    response = await client.post(
-        "/users", content=content, headers={**CLIENT, "Content-Type": content_type}
-    )
+    response = await post_bytes(client, "/users", content, content_type, CLIENT)
     assert response.status_code == 422, response.text
     assert response.json()["detail"]
 
@@ -240,11 +238,11 @@ async def test_malformed_bodies_are_422(
 async def test_a_body_not_sent_as_json_is_415_saying_to_send_json(
     client: AsyncClient, content: bytes, content_type: str | None
 ) -> None:
-    headers = {**CLIENT, **({"Content-Type": content_type} if content_type else {})}
-    created = await client.post("/users", content=content, headers=headers)
+    created = await post_bytes(client, "/users", content, content_type, CLIENT)
     assert created.status_code == 415, created.text
     assert created.json() == {"detail": SEND_JSON}
     uid = (await create(client))["id"]
+    headers = {**CLIENT, **({"Content-Type": content_type} if content_type else {})}
     patched = await client.patch(f"/users/{uid}", content=b'{"full_name": "Y"}', headers=headers)
     assert patched.status_code == 415, patched.text
     assert "dictionar" not in patched.text

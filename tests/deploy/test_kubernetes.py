@@ -37,7 +37,7 @@ SECRET_KEYS = {
     "ADMIN_TOKEN",
     "API_TOKENS",
 }
-API_COMMAND = ["uvicorn", "api.main:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000"]  # noqa: S104
+API_COMMAND = ["python", "-m", "api.serve"]
 BEAT_COMMAND = ["celery", "-A", "worker.celery_app", "beat", "--loglevel", "INFO"]
 TMP = "/tmp"  # noqa: S108 - the emptyDir every pod mounts
 COMPONENT_NAMES = {
@@ -232,7 +232,11 @@ def test_api_deployment(manifests: list[Manifest]) -> None:
     assert strategy["rollingUpdate"]["maxUnavailable"] == 0
     item = container(api)
     assert item["command"] == API_COMMAND
-    assert item["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    # The command reads API_PORT from the ConfigMap: the port the pod declares must be that one.
+    api_port = int(config_map(manifests)["API_PORT"])
+    assert item["ports"] == [{"name": "http", "containerPort": api_port, "protocol": "TCP"}]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert item[probe]["httpGet"]["port"] in ("http", api_port), probe
     assert item["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert item["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert item["livenessProbe"]["httpGet"]["path"] == "/healthz"

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from redis import Redis
 
+from shared.beat import REDBEAT_KEY_PREFIX
+from shared.contracts import CONTRACTS
+from shared.settings import settings
 from tests.environment import TEST_REDIS_URL
 from worker.beat import HeartbeatScheduler
 from worker.celery_app import app
+
+
+@pytest.fixture(autouse=True)
+def heartbeats_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scheduler writes its heartbeat file: in the test's folder, not the machine's /tmp."""
+    monkeypatch.setattr(settings, "heartbeat_dir", str(tmp_path))
 
 
 @pytest.fixture
@@ -24,7 +34,17 @@ def schedule_keys(client: Redis) -> set[str]:
     return {str(member) for member in client.zrange(key, 0, -1)}
 
 
-CODE_KEYS = {"redbeat:deactivate-inactive-users", "redbeat:prune-logs", "redbeat:outbox-relay"}
+# From the code, as beat writes them: one per contract with a `periodic`.
+CODE_KEYS = {REDBEAT_KEY_PREFIX + name for name in app.conf.beat_schedule}
+
+
+def test_the_schedule_is_the_contracts_periodic_entries() -> None:
+    declared = {c.periodic.entry: c.name for c in CONTRACTS.values() if c.periodic is not None}
+    built = {name: entry["task"] for name, entry in app.conf.beat_schedule.items()}
+    assert built == declared, (
+        "app.conf.beat_schedule is built from the contracts' `periodic` (worker/schedule.py); "
+        "declare a periodic task with `periodic=Periodic(...)` on its contract, not in the app"
+    )
 
 
 def test_entries_not_in_the_code_are_removed_from_redis(client: Redis) -> None:

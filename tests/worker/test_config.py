@@ -1,14 +1,19 @@
-"""The delivery settings, decided explicitly (see worker/celery_app.py for why each)."""
+"""The delivery settings, decided explicitly (see worker/delivery.py for why each), and the
+beat schedule built from the contracts (worker/schedule.py)."""
 
 import json
+from datetime import timedelta
 
-from celery.schedules import crontab, schedule
+import pytest
+from celery.schedules import crontab
 from redis import Redis
 
-from shared.contracts import CONTRACTS, Queue
+from shared.contracts import CONTRACTS, PRUNE_LOGS, Queue
+from shared.schedules import Cron, Every, parse_schedule
 from shared.settings import settings
 from tests.environment import TEST_REDIS_URL
-from worker.celery_app import app, schedule_from_setting
+from worker.celery_app import app
+from worker.schedule import beat_schedule, to_celery
 from worker.visibility import VisibilityRenewal
 
 conf = app.conf
@@ -64,14 +69,32 @@ def test_a_task_sent_by_name_alone_lands_on_its_contracts_queue() -> None:
     assert landed == {name: contract.queue.value for name, contract in CONTRACTS.items()}
 
 
-def test_schedule_settings_accept_crontab_or_seconds() -> None:
-    nightly = schedule_from_setting("15 3 * * *")
+def test_schedules_accept_crontab_or_seconds() -> None:
+    assert parse_schedule("15 3 * * *") == Cron("15 3 * * *")
+    assert parse_schedule("2") == Every(2)
+    nightly = to_celery(Cron("15 3 * * *"))
     assert isinstance(nightly, crontab)
     assert nightly.hour == {3}  # type: ignore[attr-defined]  # set in __init__, not stubbed
     assert nightly.minute == {15}  # type: ignore[attr-defined]
-    fast = schedule_from_setting("2")
-    assert isinstance(fast, schedule)
-    assert fast.run_every.total_seconds() == 2  # type: ignore[attr-defined]
+    assert to_celery(Every(2)) == timedelta(seconds=2)
+    for wrong in ("15 3 * *", "-1", "0"):
+        with pytest.raises(ValueError, match=r"five fields|must be positive"):
+            parse_schedule(wrong)
+
+
+def test_overrides_by_entry_name_and_the_older_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings, "schedule_prune_logs", "30 1 * * *")
+    assert beat_schedule([CONTRACTS[PRUNE_LOGS.name]])["prune-logs"]["schedule"] == to_celery(
+        Cron("30 1 * * *")
+    )
+    # The one setting for every entry wins over the older per-entry variable.
+    monkeypatch.setattr(settings, "beat_schedule_overrides", {"prune-logs": "2"})
+    assert beat_schedule([CONTRACTS[PRUNE_LOGS.name]])["prune-logs"]["schedule"] == timedelta(
+        seconds=2
+    )
+    monkeypatch.setattr(settings, "beat_schedule_overrides", {"prune-log": "2"})
+    with pytest.raises(ValueError, match="names no beat entry: \\['prune-log'\\]"):
+        beat_schedule(CONTRACTS.values())
 
 
 def test_the_nightly_entries_run_at_their_utc_times() -> None:

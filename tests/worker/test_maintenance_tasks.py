@@ -10,7 +10,7 @@ from api.tasks.schemas import SAFE_EXAMPLE
 from shared.contracts import PRUNE_LOGS, PruneLogsArgs
 from shared.models import TaskRun, TaskState
 from worker.maintenance import tasks
-from worker.maintenance.tasks import prune_logs_core
+from worker.maintenance.tasks import prune_logs
 
 
 def run(state: TaskState, age: timedelta, now: datetime) -> TaskRun:
@@ -47,14 +47,14 @@ async def test_prunes_only_finished_runs_older_than_days(
     db.add_all(old + keep)
     await db.flush()
 
-    assert await prune_logs_core(PruneLogsArgs(days=30), db) == len(old)
-    assert await prune_logs_core(PruneLogsArgs(days=30), db) == 0
+    assert await prune_logs(PruneLogsArgs(days=30), db) == len(old)
+    assert await prune_logs(PruneLogsArgs(days=30), db) == 0
     left = set((await db.scalars(select(TaskRun.id))).all())
     assert left == {r.id for r in keep}
 
 
 async def test_prune_with_nothing_to_do(db: AsyncSession) -> None:
-    assert await prune_logs_core(PruneLogsArgs(days=1), db) == 0
+    assert await prune_logs(PruneLogsArgs(days=1), db) == 0
     assert await db.scalar(select(func.count()).select_from(TaskRun)) == 0
 
 
@@ -73,5 +73,5 @@ async def test_the_openapi_example_prunes_nothing_younger_than_a_century(
     await db.flush()
     assert SAFE_EXAMPLE.name == PRUNE_LOGS.name
     args = PruneLogsArgs.model_validate(SAFE_EXAMPLE.kwargs)
-    assert await prune_logs_core(args, db) == 0
+    assert await prune_logs(args, db) == 0
     assert await db.get(TaskRun, kept.id) is not None

@@ -9,10 +9,9 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.broker import Broker, PublishError
-from shared.contracts import NoArgs
 from shared.models import TaskRun, TaskState
 from shared.settings import settings
-from worker.outbox.tasks import relay_outbox_core
+from worker.outbox.tasks import relay
 
 
 def make_run(**values: object) -> TaskRun:
@@ -47,7 +46,7 @@ async def test_publishes_unpublished_runs_after_the_grace_period(
     db.add_all([late, fresh, prune])
     await db.flush()
 
-    assert await relay_outbox_core(NoArgs(), db, broker) == 2
+    assert await relay(db, broker) == 2
     assert await queued_ids(redis) == [str(late.id)]
     assert await queued_ids(redis, "maintenance") == [str(prune.id)]
     [message] = await redis.lrange("default", 0, -1)
@@ -56,7 +55,7 @@ async def test_publishes_unpublished_runs_after_the_grace_period(
     await db.refresh(fresh)
     assert late.published_at is not None
     assert fresh.published_at is None
-    assert await relay_outbox_core(NoArgs(), db, broker) == 0  # nothing published twice
+    assert await relay(db, broker) == 0  # nothing published twice
 
 
 async def test_republishes_runs_the_broker_lost_and_fails_exhausted_ones(
@@ -77,7 +76,7 @@ async def test_republishes_runs_the_broker_lost_and_fails_exhausted_ones(
     db.add_all([lost, waiting, dead, exhausted])
     await db.flush()
 
-    assert await relay_outbox_core(NoArgs(), db, broker) == 3
+    assert await relay(db, broker) == 3
     assert sorted(await queued_ids(redis)) == sorted([str(lost.id), str(dead.id)])
     for run in (lost, dead, exhausted, waiting):
         await db.refresh(run)
@@ -86,7 +85,7 @@ async def test_republishes_runs_the_broker_lost_and_fails_exhausted_ones(
     assert exhausted.error is not None
     assert "gave up" in exhausted.error
     assert waiting.published_at is not None
-    assert await relay_outbox_core(NoArgs(), db, broker) == 0
+    assert await relay(db, broker) == 0
 
 
 async def test_a_broker_outage_leaves_the_rows_unpublished(db: AsyncSession) -> None:
@@ -95,6 +94,6 @@ async def test_a_broker_outage_leaves_the_rows_unpublished(db: AsyncSession) -> 
     db.add(run)
     await db.flush()
     with pytest.raises(PublishError, match="broker did not take"):
-        await relay_outbox_core(NoArgs(), db, down)
+        await relay(db, down)
     await db.refresh(run)
     assert run.published_at is None

@@ -15,7 +15,7 @@ from shared.settings import settings
 from tests.fixtures.smtp import Mailbox
 from tests.fixtures.users import add_user
 from worker.errors import ClaimHeld
-from worker.users.tasks import deactivate_inactive_users_core, send_welcome_email_core
+from worker.users.tasks import deactivate_inactive_users, send_welcome_email
 
 HOUR = timedelta(hours=1)
 
@@ -31,8 +31,8 @@ async def test_welcome_email_is_sent_once_with_text_and_html(
     db: AsyncSession, mail_to: Mailbox
 ) -> None:
     user = await add_user(db)
-    assert await send_welcome_email_core(SendWelcomeEmailArgs(user_id=user.id), db) is True
-    assert await send_welcome_email_core(SendWelcomeEmailArgs(user_id=user.id), db) is False
+    assert await send_welcome_email(SendWelcomeEmailArgs(user_id=user.id), db) is True
+    assert await send_welcome_email(SendWelcomeEmailArgs(user_id=user.id), db) is False
 
     [message] = mail_to.to("grace@example.com")
     assert message["From"] == settings.mail_from
@@ -44,7 +44,7 @@ async def test_welcome_email_is_sent_once_with_text_and_html(
 async def test_welcome_email_for_an_unknown_user_returns_false(
     db: AsyncSession, mail_to: Mailbox
 ) -> None:
-    assert await send_welcome_email_core(SendWelcomeEmailArgs(user_id=987654), db) is False
+    assert await send_welcome_email(SendWelcomeEmailArgs(user_id=987654), db) is False
     assert mail_to.messages == []
 
 
@@ -54,7 +54,7 @@ async def test_an_unreachable_mail_server_is_an_error_and_nothing_is_marked(
     monkeypatch.setattr(settings, "smtp_port", 9)  # discard port: nothing listens
     user = await add_user(db)
     with pytest.raises(OSError, match="connect"):
-        await send_welcome_email_core(SendWelcomeEmailArgs(user_id=user.id), db)
+        await send_welcome_email(SendWelcomeEmailArgs(user_id=user.id), db)
     await db.refresh(user)
     assert user.welcome_email_sent_at is None
 
@@ -65,7 +65,7 @@ async def test_a_unicode_domain_stored_before_idna_is_mailed_in_its_idna_form(
     """A row written before domains were stored as IDNA: its run, retried, now succeeds on a
     server without SMTPUTF8 (the one the failure came from)."""
     user = await add_user(db, "zoe@exämple.com")
-    assert await send_welcome_email_core(SendWelcomeEmailArgs(user_id=user.id), db) is True
+    assert await send_welcome_email(SendWelcomeEmailArgs(user_id=user.id), db) is True
     [message] = mail_to.to("zoe@xn--exmple-cua.com")
     assert message["Subject"] == "Welcome aboard"
 
@@ -76,7 +76,7 @@ async def test_a_non_ascii_local_part_is_sent_with_smtputf8(
     monkeypatch.setattr(settings, "smtp_host", "127.0.0.1")
     monkeypatch.setattr(settings, "smtp_port", smtputf8_server.port)
     user = await add_user(db, "zoë@xn--exmple-cua.com")
-    assert await send_welcome_email_core(SendWelcomeEmailArgs(user_id=user.id), db) is True
+    assert await send_welcome_email(SendWelcomeEmailArgs(user_id=user.id), db) is True
     [message] = smtputf8_server.wait_for(1)
     # Parsed again as UTF-8 headers (the fixture's parser keeps the raw bytes escaped).
     reparsed = message_from_bytes(message.as_bytes(), policy=policy.SMTPUTF8)
@@ -89,7 +89,7 @@ async def test_a_non_ascii_local_part_fails_on_a_server_without_smtputf8(
     """What SMTP_UTF8=true against such a server leads to: the run fails, nothing is marked."""
     user = await add_user(db, "zoë@example.com")
     with pytest.raises(SMTPNotSupported, match="SMTPUTF8"):
-        await send_welcome_email_core(SendWelcomeEmailArgs(user_id=user.id), db)
+        await send_welcome_email(SendWelcomeEmailArgs(user_id=user.id), db)
     assert mail_to.messages == []
     await db.refresh(user)
     assert user.welcome_email_sent_at is None
@@ -115,8 +115,8 @@ async def test_deactivates_users_idle_for_90_days_across_batches(db: AsyncSessio
             {"id": user_id, "email": email, "created": created_at, "seen": last_seen_at,
              "active": active},
         )  # fmt: skip
-    assert await deactivate_inactive_users_core(NoArgs(), db) == 2
-    assert await deactivate_inactive_users_core(NoArgs(), db) == 0
+    assert await deactivate_inactive_users(NoArgs(), db) == 2
+    assert await deactivate_inactive_users(NoArgs(), db) == 0
 
     users = {u.email: u for u in (await db.scalars(select(User))).all()}
     assert not users["idle@example.com"].is_active
@@ -128,7 +128,7 @@ async def test_deactivates_users_idle_for_90_days_across_batches(db: AsyncSessio
 
 
 async def test_deactivating_nobody_returns_zero(db: AsyncSession) -> None:
-    assert await deactivate_inactive_users_core(NoArgs(), db) == 0
+    assert await deactivate_inactive_users(NoArgs(), db) == 0
 
 
 async def test_a_claimed_welcome_email_is_left_to_its_claimant_until_the_claim_expires(
@@ -143,13 +143,13 @@ async def test_a_claimed_welcome_email_is_left_to_its_claimant_until_the_claim_e
         .values(welcome_email_claim=uuid.uuid4(), welcome_email_claimed_until=func.now() + HOUR)
     )
     with pytest.raises(ClaimHeld):
-        await send_welcome_email_core(SendWelcomeEmailArgs(user_id=user.id), db)
+        await send_welcome_email(SendWelcomeEmailArgs(user_id=user.id), db)
     assert mail_to.messages == []
 
     await db.execute(
         update(User).where(User.id == user.id).values(welcome_email_claimed_until=func.now() - HOUR)
     )
-    assert await send_welcome_email_core(SendWelcomeEmailArgs(user_id=user.id), db) is True
+    assert await send_welcome_email(SendWelcomeEmailArgs(user_id=user.id), db) is True
     assert len(mail_to.to("grace@example.com")) == 1
     await db.refresh(user)
     assert user.welcome_email_claim is None
@@ -162,6 +162,6 @@ async def test_a_failed_send_releases_its_claim(
     monkeypatch.setattr(settings, "smtp_port", 9)  # nothing listens
     user = await add_user(db)
     with pytest.raises(OSError, match="connect"):
-        await send_welcome_email_core(SendWelcomeEmailArgs(user_id=user.id), db)
+        await send_welcome_email(SendWelcomeEmailArgs(user_id=user.id), db)
     await db.refresh(user)
     assert (user.welcome_email_claim, user.welcome_email_claimed_until) == (None, None)

@@ -1,8 +1,11 @@
-"""Every task the system knows, declared once: stable name, arguments, result, queue.
+"""Every task the system knows, declared once: stable name, arguments, result, queue, and how
+it runs (retries, time limits, its periodic schedule if it has one).
 
 A task name is a public contract (queued messages and beat's schedule carry it), so it is
-`domain.verb_object` and never a module path. The API enqueues through these objects and the
-worker binds each implementation to one of them; a test checks the two sets match one to one.
+`domain.verb_object` and never a module path. The API enqueues through these objects
+(`shared.runs.enqueue`), the worker binds each implementation to one of them with
+`@task(CONTRACT)` (`worker.decorator`), and beat's schedule is built from their `periodic`.
+Plain data, with no Celery: the API image has none. docs/tasks.md shows how to add one.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from enum import StrEnum
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from shared.schedules import Cron, Every, Periodic
+from shared.settings import settings
 
 
 class Queue(StrEnum):
@@ -44,18 +50,37 @@ ArgsT = TypeVar("ArgsT", bound=TaskArgs)
 ResultT = TypeVar("ResultT")
 
 
-@dataclass(frozen=True)
+# eq=False: a contract is itself (hashed by identity, so it can key caches), not its fields.
+@dataclass(frozen=True, eq=False)
 class TaskContract(Generic[ArgsT, ResultT]):
+    """What a producer and the worker agree on. The limits default to the settings
+    (TASK_MAX_RETRIES, TASK_SOFT_TIME_LIMIT, TASK_TIME_LIMIT), read when the worker starts."""
+
     name: str
     args: type[ArgsT]
     result: type[ResultT]
     queue: Queue
     enqueueable: bool  # may an admin enqueue it through POST /tasks?
     description: str = ""  # one line, shown by GET /task-types
+    periodic: Periodic | None = None  # beat sends it on this schedule
+    max_retries: int | None = None  # transient failures retried this many times
     # Seconds a run may take before it is cancelled (None: TASK_SOFT_TIME_LIMIT), and whether
     # such a run is retried (RETRYING, with backoff) or recorded FAILED.
     soft_time_limit: float | None = None
     retry_on_time_limit: bool = False
+    time_limit: int | None = None  # killed after this (None: TASK_TIME_LIMIT)
+    # Quiet tasks keep no task-run row and log only when they did something (their metrics
+    # still count every run): for ticks that run every few seconds and mostly find nothing.
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        soft, hard = self.soft_time_limit, self.time_limit
+        if soft is not None and hard is not None and not soft < hard:
+            raise ValueError(f"{self.name}: soft_time_limit must be below time_limit")
+        if self.quiet and self.max_retries != 0:
+            raise ValueError(
+                f"{self.name}: a quiet task keeps no record to retry on: max_retries=0"
+            )
 
 
 # A welcome email cut off by its time limit was waiting on a slow network: try it again.
@@ -75,6 +100,11 @@ DEACTIVATE_INACTIVE_USERS = TaskContract(
     Queue.MAINTENANCE,
     enqueueable=True,
     description="Deactivate users idle for more than 90 days; returns how many.",
+    periodic=Periodic(
+        "deactivate-inactive-users",
+        Cron("15 3 * * *"),
+        setting="SCHEDULE_DEACTIVATE_INACTIVE_USERS",
+    ),
 )
 PRUNE_LOGS = TaskContract(
     "maintenance.prune_logs",
@@ -83,6 +113,9 @@ PRUNE_LOGS = TaskContract(
     Queue.MAINTENANCE,
     enqueueable=True,
     description="Delete finished task runs older than `days`; returns how many.",
+    periodic=Periodic(
+        "prune-logs", Cron("45 3 * * *"), kwargs={"days": 30}, setting="SCHEDULE_PRUNE_LOGS"
+    ),
 )
 RELAY_OUTBOX = TaskContract(
     "outbox.relay",
@@ -91,6 +124,14 @@ RELAY_OUTBOX = TaskContract(
     Queue.DEFAULT,
     enqueueable=False,
     description="Publish runs the API could not, repair runs the broker lost; returns how many.",
+    # Ticks sent while no worker runs expire instead of piling up.
+    periodic=Periodic(
+        "outbox-relay",
+        Every(settings.outbox_relay_interval),
+        expires=settings.outbox_relay_interval,
+    ),
+    max_retries=0,  # the next tick, a few seconds away, is the retry
+    quiet=True,
 )
 
 AnyContract = TaskContract[TaskArgs, object]

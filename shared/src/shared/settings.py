@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     admin_token: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
     api_tokens: Annotated[list[SecretStr], NoDecode] = [SecretStr(DEV_API_TOKEN)]
     api_port: int = Field(default=8000, ge=1, le=65535)
+    # Loopback on a laptop; the api image sets 0.0.0.0, since a pod is reached on its own IP.
+    api_bind_address: str = "127.0.0.1"
 
     # Delivery timings: tests shrink these so a kill-and-redeliver case takes seconds.
     task_soft_time_limit: int = Field(default=300, ge=1)
@@ -81,9 +83,12 @@ class Settings(BaseSettings):
     outbox_repair_after: float = Field(default=900.0, gt=0)
     outbox_batch_size: int = Field(default=500, ge=1, le=10_000)
 
-    # Beat: a crontab expression ("m h dom mon dow", UTC) or a number of seconds.
-    schedule_deactivate_inactive_users: str = "15 3 * * *"
-    schedule_prune_logs: str = "45 3 * * *"
+    # Beat: the schedules are declared on the task contracts. BEAT_SCHEDULE_OVERRIDES replaces
+    # some, as JSON from entry name to a crontab ("m h dom mon dow", UTC) or a number of seconds:
+    # {"prune-logs": "2"}. The two SCHEDULE_* variables are the older way, still honoured.
+    beat_schedule_overrides: dict[str, str] = {}
+    schedule_deactivate_inactive_users: str | None = None
+    schedule_prune_logs: str | None = None
     beat_lock_timeout: int = Field(default=15, ge=2)
     beat_max_loop_interval: int = Field(default=5, ge=1)
 

@@ -7,7 +7,12 @@ The cost that matters is round trips, so a run takes two transactions:
    (a duplicate delivery) or that has been delivered more than TASK_MAX_ATTEMPTS times (a poison
    message that keeps killing its worker).
 2. The work and SUCCEEDED, in ONE transaction: the task's effect and its record commit
-   together, so a redelivered message finds the run finished and does nothing.
+   together, so a redelivered message finds the run finished and does nothing. A task declared
+   `@task(..., commits=True)` commits inside that step on its own (batch jobs, so each batch
+   holds its locks briefly; the welcome email, which claims its user before the slow send):
+   then SUCCEEDED commits with its last transaction only, and a run cut off before that is run
+   again (such cores are written to be safe to run twice). A core not so declared cannot
+   commit: its commit fails the run (CommitInCore).
 
 The claim's attempt number fences the rest. A worker that stopped renewing its messages (dead
 to the broker, frozen) may come back after its run went to another worker and was claimed
@@ -15,6 +20,9 @@ again: its SUCCEEDED (or RETRYING, FAILED) then matches no row at its attempt, a
 transaction rolls back (RunSupersededError, outcome "superseded"), so it commits no effect.
 
 A failure is recorded in a transaction of its own, after the work's transaction rolled back.
+
+Quiet tasks (TaskContract.quiet: the outbox relay's ticks) run unrecorded: no row, no claim,
+and a log line only when they did something or failed; their metrics count every run.
 """
 
 from __future__ import annotations
@@ -32,17 +40,17 @@ from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 from pydantic import TypeAdapter
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, event, func, select, update
 from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from shared.broker import REQUEST_ID_HEADER
 from shared.contracts import ArgsT, ResultT, TaskContract
 from shared.logs import log_context
 from shared.models import FINISHED_STATES, TaskRun, TaskState
 from shared.settings import settings
-from worker.celery_app import get_task_session, run_async
-from worker.errors import RunSupersededError, describe, is_transient
+from worker.errors import ClaimHeld, RunSupersededError, describe, is_transient
 from worker.metrics import (
     TASK_DURATION,
     TASKS_FAILED,
@@ -51,6 +59,7 @@ from worker.metrics import (
     TASKS_SUCCEEDED,
     TASKS_SUPERSEDED,
 )
+from worker.runtime import get_task_session, run_async
 
 log = logging.getLogger("worker.tasks")
 
@@ -187,8 +196,34 @@ def _results(contract: TaskContract[ArgsT, ResultT]) -> TypeAdapter[ResultT]:
 Outcome = Done[R] | RetryLater | Failed | Superseded
 
 
+# Set in a session's info while a core that may not commit runs on it.
+_NO_COMMIT = "worker.core_may_not_commit"
+
+
+class CommitInCore(RuntimeError):
+    """A core committed though its @task does not declare `commits=True`."""
+
+
+def _refuse_commit_in_core(session: Session) -> None:
+    name = session.info.get(_NO_COMMIT)
+    if name is not None:
+        raise CommitInCore(
+            f"{name}: the core committed, so its effect would not commit with its record; "
+            "declare @task(..., commits=True) if it commits on purpose"
+        )
+
+
+def install() -> None:
+    """Enforce `commits` on every session (the guard is a dict lookup per commit)."""
+    if not event.contains(Session, "before_commit", _refuse_commit_in_core):
+        event.listen(Session, "before_commit", _refuse_commit_in_core)
+
+
 async def execute(
-    run: RunContext, contract: TaskContract[ArgsT, ResultT], core: Core[ArgsT, ResultT]
+    run: RunContext,
+    contract: TaskContract[ArgsT, ResultT],
+    core: Core[ArgsT, ResultT],
+    commits: bool = False,
 ) -> Outcome[ResultT]:
     try:
         async with get_task_session() as db:
@@ -217,7 +252,7 @@ async def execute(
         log.info("task started", extra={"attempt": claimed.attempts})
         TASKS_STARTED.labels(run.name).inc()
         started = time.perf_counter()
-        outcome = await _run_claimed(run, claimed, contract, core)
+        outcome = await _run_claimed(run, claimed, contract, core, commits)
         _report(run.name, outcome, time.perf_counter() - started)
         return outcome
 
@@ -227,6 +262,7 @@ async def _run_claimed(
     claimed: Claimed,
     contract: TaskContract[ArgsT, ResultT],
     core: Core[ArgsT, ResultT],
+    commits: bool,
 ) -> Outcome[ResultT]:
     attempt = claimed.attempts
     limit = asyncio.timeout(run.soft_time_limit)
@@ -240,8 +276,11 @@ async def _run_claimed(
             args = contract.args.model_validate(run.kwargs)
             # On the shared loop the core is cancelled at its soft limit; the other runs in
             # flight go on. The effect and SUCCEEDED commit together, or neither does.
+            if not commits:
+                db.info[_NO_COMMIT] = run.name
             async with limit:
                 value = await core(args, db)
+            db.info.pop(_NO_COMMIT, None)
             result = _results(contract).dump_python(value, mode="json")
             await record_success(db, run.id, attempt, result)
         return Done(value)
@@ -256,7 +295,7 @@ async def _run_claimed(
         outcome: RetryLater | Failed
         if retryable and run.retries < run.max_retries:
             outcome, state, extra = (
-                RetryLater(exc, _backoff(run.retries)),
+                RetryLater(exc, _retry_delay(exc, run.retries)),
                 TaskState.RETRYING,
                 {"published_at": func.now()},
             )
@@ -303,6 +342,16 @@ def _report(task: str, outcome: Outcome[R], seconds: float) -> None:
         )
 
 
+def _retry_delay(exc: Exception, retries: int) -> int:
+    """The backoff; for a claim held by another run, 1, 2, 4... seconds, never past the
+    claim's expiry: its holder usually finishes in a moment, and one that died frees the user
+    within the retries (1 + 2 + 4 + 8 + 16 s outlast SMTP_TIMEOUT + CLAIM_MARGIN by default)."""
+    if isinstance(exc, ClaimHeld):
+        doubling: int = 2**retries
+        return max(1, min(exc.retry_after, doubling))
+    return _backoff(retries)
+
+
 def _backoff(retries: int) -> int:
     return get_exponential_backoff_interval(
         factor=2, retries=retries, maximum=settings.task_retry_backoff_max, full_jitter=True
@@ -314,9 +363,10 @@ def run_recorded(
     contract: TaskContract[ArgsT, ResultT],
     core: Core[ArgsT, ResultT],
     kwargs: dict[str, object],
+    commits: bool = False,
 ) -> ResultT:
-    """The body of every task: run the core with its run recorded, then let Celery retry or
-    fail the message according to the outcome."""
+    """The body of every recorded task: run the core with its run recorded, then let Celery
+    retry or fail the message according to the outcome."""
     request = task.request
     run = RunContext(
         id=uuid.UUID(request.id),
@@ -327,7 +377,7 @@ def run_recorded(
         max_retries=task.max_retries or 0,
         soft_time_limit=contract.soft_time_limit or settings.task_soft_time_limit,
     )
-    outcome = run_async(execute(run, contract, core))
+    outcome = run_async(execute(run, contract, core, commits))
     if isinstance(outcome, RetryLater):
         raise task.retry(exc=outcome.error, countdown=outcome.countdown)
     if isinstance(outcome, Failed):
@@ -336,3 +386,39 @@ def run_recorded(
         # Acked without a retry or a failure: the run's current attempt records its outcome.
         raise Ignore(str(outcome.error))
     return outcome.value
+
+
+def run_unrecorded(
+    task: Task[Any, Any],
+    contract: TaskContract[ArgsT, ResultT],
+    core: Core[ArgsT, ResultT],
+    kwargs: dict[str, object],
+) -> ResultT:
+    """The body of a quiet task: the core in a task session (it may commit), no run row, no
+    retry (the next tick is one). Logs when the result says it did something, or it failed."""
+    with log_context(task_id=task.request.id, task_name=contract.name):
+        TASKS_STARTED.labels(contract.name).inc()
+        started = time.perf_counter()
+        try:
+            value = run_async(_run_quietly(contract, core, kwargs))
+        except Exception as exc:
+            _report(contract.name, Failed(exc), time.perf_counter() - started)
+            raise
+        seconds = time.perf_counter() - started
+        TASK_DURATION.labels(contract.name).observe(seconds)
+        TASKS_SUCCEEDED.labels(contract.name).inc()
+        if value:
+            log.info(
+                "task finished",
+                extra={"duration_ms": round(seconds * 1000, 2), "outcome": "succeeded",
+                       "result": _results(contract).dump_python(value, mode="json")},
+            )  # fmt: skip
+        return value
+
+
+async def _run_quietly(
+    contract: TaskContract[ArgsT, ResultT], core: Core[ArgsT, ResultT], kwargs: dict[str, object]
+) -> ResultT:
+    limit = contract.soft_time_limit or settings.task_soft_time_limit
+    async with get_task_session() as db, asyncio.timeout(limit):
+        return await core(contract.args.model_validate(kwargs), db)

@@ -1,28 +1,20 @@
 """Housekeeping tasks."""
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from celery import Task
 from sqlalchemy import bindparam, delete, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.contracts import PRUNE_LOGS, PruneLogsArgs
 from shared.models import FINISHED_STATES, TaskRun
-from shared.settings import settings
-from worker.celery_app import app, db_or_task_session
-from worker.recording import run_recorded
+from worker.decorator import task
 
 # About 88 task runs fit in a page: 128 pages keep a batch near ten thousand rows at most.
 PRUNE_PAGES = 128
 
 
-@app.task(name=PRUNE_LOGS.name, bind=True, max_retries=settings.task_max_retries)
-def prune_logs(self: Task[Any, Any], /, **kwargs: object) -> int:
-    return run_recorded(self, PRUNE_LOGS, prune_logs_core, kwargs)
-
-
-async def prune_logs_core(args: PruneLogsArgs, db: AsyncSession | None = None) -> int:
+@task(PRUNE_LOGS, commits=True)
+async def prune_logs(args: PruneLogsArgs, db: AsyncSession) -> int:
     """Delete finished task runs older than `args.days`, a batch at a time; unfinished runs
     are never touched.
 
@@ -33,18 +25,17 @@ async def prune_logs_core(args: PruneLogsArgs, db: AsyncSession | None = None) -
     index entries and heap pages, which makes the whole prune several times slower.
     """
     cutoff = datetime.now(UTC) - timedelta(days=args.days)
-    async with db_or_task_session(db) as session:
-        pages = int(await session.scalar(_PAGES) or 0)
-        deleted = 0
-        for first in range(0, pages + 1, PRUNE_PAGES):
-            connection = await session.connection()
-            result = await connection.execute(
-                _PRUNE_PAGES,
-                {"cutoff": cutoff, "low": (first, 0), "high": (first + PRUNE_PAGES, 0)},
-            )
-            deleted += result.rowcount
-            await session.commit()
-        return deleted
+    pages = int(await db.scalar(_PAGES) or 0)
+    deleted = 0
+    for first in range(0, pages + 1, PRUNE_PAGES):
+        connection = await db.connection()
+        result = await connection.execute(
+            _PRUNE_PAGES,
+            {"cutoff": cutoff, "low": (first, 0), "high": (first + PRUNE_PAGES, 0)},
+        )
+        deleted += result.rowcount
+        await db.commit()
+    return deleted
 
 
 _PAGES = text("SELECT pg_relation_size('task_runs') / current_setting('block_size')::int")

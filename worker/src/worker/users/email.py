@@ -6,7 +6,7 @@ from email.message import EmailMessage
 from html import escape
 
 from shared.settings import settings
-from worker.celery_app import get_smtp_pool
+from worker.runtime import get_smtp_pool
 from worker.smtp import Sender, send_once
 
 

@@ -2,11 +2,10 @@
 
 import contextlib
 import logging
+import math
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from celery import Task
 from sqlalchemy import Interval, bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,9 +18,8 @@ from shared.contracts import (
 from shared.models import User
 from shared.settings import settings
 from shared.users.addresses import smtp_address
-from worker.celery_app import app, db_or_task_session
+from worker.decorator import task
 from worker.errors import ClaimHeld
-from worker.recording import run_recorded
 from worker.users import email
 
 log = logging.getLogger("worker.tasks")
@@ -30,11 +28,6 @@ _NOW = func.now()
 INACTIVE_AFTER = timedelta(days=90)
 # Ten thousand ids per UPDATE keeps each batch's row locks well under a second.
 DEACTIVATE_BATCH = 10_000
-
-
-@app.task(name=SEND_WELCOME_EMAIL.name, bind=True, max_retries=settings.task_max_retries)
-def send_welcome_email(self: Task[Any, Any], /, **kwargs: object) -> bool:
-    return run_recorded(self, SEND_WELCOME_EMAIL, send_welcome_email_core, kwargs)
 
 
 # A claim outlives the longest send (SMTP_TIMEOUT) by this much: a run that claimed and died
@@ -54,7 +47,10 @@ _CLAIM = (
     )
     .returning(User.email, User.full_name)
 )
-_SENT_OR_CLAIMED = select(User.welcome_email_sent_at).where(User.id == bindparam("user_id"))
+_SENT_OR_CLAIMED = select(
+    User.welcome_email_sent_at,
+    func.extract("epoch", User.welcome_email_claimed_until - _NOW).label("claim_left"),
+).where(User.id == bindparam("user_id"))
 _RELEASE = (
     update(User)
     .where(User.id == bindparam("user_id"), User.welcome_email_claim == bindparam("claim"))
@@ -68,9 +64,10 @@ _STAMP = (
 )
 
 
-async def send_welcome_email_core(
-    args: SendWelcomeEmailArgs, db: AsyncSession | None = None
-) -> bool:
+# commits: the claim commits before the send, so no connection is held while the mail server
+# answers; the stamp commits with SUCCEEDED.
+@task(SEND_WELCOME_EMAIL, commits=True)
+async def send_welcome_email(args: SendWelcomeEmailArgs, db: AsyncSession) -> bool:
     """Send the welcome email once; False when there is nothing to send.
 
     No transaction stays open while the mail server answers: the run claims the user row in a
@@ -83,61 +80,57 @@ async def send_welcome_email_core(
     claim = uuid.uuid4()
     params = {"user_id": args.user_id, "claim": claim}
     hold = timedelta(seconds=settings.smtp_timeout) + CLAIM_MARGIN
-    async with db_or_task_session(db) as session, email.sender() as deliver:
+    async with email.sender() as deliver:
         # The SMTP slot is ours before the claim starts counting: the claim covers the send only.
-        claimed = (await session.execute(_CLAIM, {**params, "hold": hold})).one_or_none()
-        await session.commit()  # the connection goes back to the pool until the stamp
+        claimed = (await db.execute(_CLAIM, {**params, "hold": hold})).one_or_none()
+        await db.commit()  # the connection goes back to the pool until the stamp
         if claimed is None:
-            user = (await session.execute(_SENT_OR_CLAIMED, params)).one_or_none()
+            user = (await db.execute(_SENT_OR_CLAIMED, params)).one_or_none()
             if user is not None and user.welcome_email_sent_at is None:
-                raise ClaimHeld("another run is sending this user's welcome email")
+                raise ClaimHeld(
+                    "another run is sending this user's welcome email",
+                    retry_after=math.ceil(max(0, user.claim_left or 0)) + 1,
+                )
             return False  # no such user, or its welcome email went out
         try:
             await deliver(email.welcome_message(smtp_address(claimed.email), claimed.full_name))
         except BaseException:
             with contextlib.suppress(Exception):
-                await session.rollback()
-                await session.execute(_RELEASE, params)
-                await session.commit()
+                await db.rollback()
+                await db.execute(_RELEASE, params)
+                await db.commit()
             raise
-        connection = await session.connection()
+        connection = await db.connection()
         if (await connection.execute(_STAMP, params)).rowcount != 1:
             log.warning("welcome email sent after its claim expired and was taken over")
         return True
 
 
-@app.task(name=DEACTIVATE_INACTIVE_USERS.name, bind=True, max_retries=settings.task_max_retries)
-def deactivate_inactive_users(self: Task[Any, Any], /, **kwargs: object) -> int:
-    return run_recorded(self, DEACTIVATE_INACTIVE_USERS, deactivate_inactive_users_core, kwargs)
-
-
-async def deactivate_inactive_users_core(args: NoArgs, db: AsyncSession | None = None) -> int:
+@task(DEACTIVATE_INACTIVE_USERS, commits=True)
+async def deactivate_inactive_users(args: NoArgs, db: AsyncSession) -> int:
     """Deactivate active users idle (last seen, else created) for more than INACTIVE_AFTER.
 
-    Set-based UPDATEs over primary-key ranges, committed one batch at a time: no rows are
-    loaded into Python, and no batch holds its row locks for long while the API writes.
+    Set-based UPDATEs over primary-key ranges, each batch committed on its own (hence
+    `commits=True`): no rows are loaded into Python, and no batch holds its row locks for long
+    while the API writes. Run again after a crash, it finds only what is left to deactivate.
     """
     cutoff = datetime.now(UTC) - INACTIVE_AFTER
-    async with db_or_task_session(db) as session:
-        lowest, highest = (
-            await session.execute(select(func.min(User.id), func.max(User.id)))
-        ).one()
-        if lowest is None:
-            return 0
-        connection = await session.connection()
-        deactivated = 0
-        for start in range(lowest, highest + 1, DEACTIVATE_BATCH):
-            result = await connection.execute(
-                update(User)
-                .where(
-                    User.id >= start,
-                    User.id < start + DEACTIVATE_BATCH,
-                    User.is_active,
-                    func.coalesce(User.last_seen_at, User.created_at) < cutoff,
-                )
-                .values(is_active=False, deactivated_at=func.now())
+    lowest, highest = (await db.execute(select(func.min(User.id), func.max(User.id)))).one()
+    if lowest is None:
+        return 0
+    deactivated = 0
+    for start in range(lowest, highest + 1, DEACTIVATE_BATCH):
+        connection = await db.connection()
+        result = await connection.execute(
+            update(User)
+            .where(
+                User.id >= start,
+                User.id < start + DEACTIVATE_BATCH,
+                User.is_active,
+                func.coalesce(User.last_seen_at, User.created_at) < cutoff,
             )
-            deactivated += result.rowcount
-            await session.commit()
-            connection = await session.connection()
-        return deactivated
+            .values(is_active=False, deactivated_at=func.now())
+        )
+        deactivated += result.rowcount
+        await db.commit()
+    return deactivated
