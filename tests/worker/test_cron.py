@@ -7,15 +7,21 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from celery.schedules import ParseException, crontab
 
+from shared.contracts import CONTRACTS
 from shared.cron import CronSchedule, InvalidCron
-from shared.settings import settings
+from shared.schedules import Cron, effective_schedule
 
 # The entries' own expressions, and the shapes that trip implementations: both day fields
 # restricted (Celery: the 13th AND a Friday; POSIX cron would take either), steps, wrapping
 # ranges, names, leap days, month ends.
+ENTRIES = [
+    schedule.expression
+    for contract in CONTRACTS.values()
+    if contract.periodic is not None
+    and isinstance(schedule := effective_schedule(contract.periodic), Cron)
+]
 EXPRESSIONS = [
-    settings.schedule_deactivate_inactive_users,
-    settings.schedule_prune_logs,
+    *ENTRIES,
     "15 3 * * *",
     "45 3 * * *",
     "0 12 13 * 5",
@@ -51,6 +57,10 @@ def moments(seed: int) -> list[datetime]:
     rng = random.Random(seed)
     start = datetime(2024, 1, 1, tzinfo=UTC)
     return [start + timedelta(seconds=rng.randrange(0, 6 * 365 * 86400)) for _ in range(MOMENTS)]
+
+
+def test_every_crontab_entry_is_checked() -> None:
+    assert len(ENTRIES) >= 2  # deactivate-inactive-users and prune-logs
 
 
 @pytest.mark.parametrize("expression", EXPRESSIONS)
