@@ -42,6 +42,12 @@ migrate: sync
 run: migrate
 	uv run python scripts/run_stack.py
 
+# A new migration from the models, numbered and formatted: `make migration name=add_x`.
+.PHONY: migration
+migration: migrate
+	@test -n "$(name)" || { echo 'usage: make migration name=add_something'; exit 2; }
+	uv run python scripts/new_migration.py "$(name)"
+
 # The container images, built and run for real (docs/deploy.md, "Building and checking the
 # images"). A Docker engine is started (and installed, as root) when none answers.
 images: sync
