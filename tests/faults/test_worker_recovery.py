@@ -191,8 +191,11 @@ async def assert_each_effect_once(
     return len(duplicates)
 
 
-@pytest.mark.parametrize("pool", ["prefork", "threads"])
-@pytest.mark.parametrize("limits", [{}, ONE_HOUR_LIMITS], ids=["default-limits", "one-hour-limit"])
+@pytest.mark.parametrize(
+    ("pool", "limits"),
+    [("prefork", {}), ("prefork", ONE_HOUR_LIMITS), ("threads", {})],
+    ids=["prefork-default-limits", "prefork-one-hour-limit", "threads-default-limits"],
+)
 async def test_a_killed_workers_runs_finish_on_another_worker_within_60_seconds(
     processes: Processes,
     e2e_engine: AsyncEngine,
