@@ -16,6 +16,16 @@ from redis.asyncio import Redis
 
 REDBEAT_KEY_PREFIX = "redbeat:"
 SCHEDULE_KEY = REDBEAT_KEY_PREFIX + ":schedule"
+# Our own record, beside redbeat's: entry name -> when beat last really sent it (UTC epoch
+# seconds). redbeat's `last_run_at` is no such record: it is set when an entry is first
+# written, before anything was sent, and rewritten before a send that may then fail.
+LAST_SENT_KEY = "beat:last_sent"
+
+
+async def read_last_sent(redis: Redis) -> dict[str, datetime]:
+    """When beat last sent each entry; an entry never sent is absent."""
+    raw = cast(dict[bytes, bytes], await redis.hgetall(LAST_SENT_KEY))
+    return {name.decode(): datetime.fromtimestamp(float(at), UTC) for name, at in raw.items()}
 
 
 @dataclass(frozen=True)

@@ -82,8 +82,6 @@ async def enqueue_task(
         request_id=current_request_id(),
         idempotency_key=idempotency_key,
     )
-    if run.published_at is None:
-        resources.publisher.submit([run])
     return TaskAcceptedOut.model_validate(run)
 
 
@@ -97,7 +95,6 @@ async def retry_task(
 ) -> TaskAcceptedOut:
     """Run a FAILED run's task again, with the same arguments, as a new run."""
     run = await service.retry_run(db, _run_id(run_id), request_id=current_request_id())
-    resources.publisher.submit([run])
     return TaskAcceptedOut.model_validate(run)
 
 
