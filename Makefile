@@ -7,8 +7,8 @@ export UV_PYTHON_DOWNLOADS := never
 
 PYTEST_WORKERS ?= auto
 
-.PHONY: test run lint types migrate services sync uv bench-worker bench-api bench-maintenance
-.PHONY: images smoke-images
+.PHONY: test run lint types migrate services sync uv bench-worker bench-api bench-maintenance bench-io
+.PHONY: images smoke-images compose-check
 
 uv:
 	@command -v uv >/dev/null || python3 -m pip install --quiet --user uv \
@@ -28,9 +28,12 @@ lint: sync
 types: sync
 	uv run mypy
 
+# Then the images, built and run for real (smoke test and compose check): where no Docker engine
+# answers or can be started it says so and passes, except under CI=true.
 test: lint types services
 	uv run python scripts/ensure_services.py --redis-server
 	uv run pytest -n $(PYTEST_WORKERS) --maxprocesses 6 --dist loadgroup
+	uv run python -m scripts.containers check
 
 migrate: sync
 	uv run python scripts/ensure_services.py --create-database
@@ -38,6 +41,12 @@ migrate: sync
 
 run: migrate
 	uv run python scripts/run_stack.py
+
+# A new migration from the models, numbered and formatted: `make migration name=add_x`.
+.PHONY: migration
+migration: migrate
+	@test -n "$(name)" || { echo 'usage: make migration name=add_something'; exit 2; }
+	uv run python scripts/new_migration.py "$(name)"
 
 # The container images, built and run for real (docs/deploy.md, "Building and checking the
 # images"). A Docker engine is started (and installed, as root) when none answers.
@@ -47,11 +56,21 @@ images: sync
 smoke-images: services
 	uv run python -m scripts.containers smoke
 
+compose-check: sync
+	uv run python -m scripts.containers compose
+
 bench-worker: services
 	uv run python -m bench.worker
 
 bench-maintenance: services
 	uv run python -m bench.maintenance
+
+# 2,000 sign-ups' welcome emails against a mail server taking 100 ms per message, beside the
+# arq reference (its own environment under .bench-env/arq, made with uv on first use).
+BENCH_IO_SIGN_UPS ?= 2000
+BENCH_IO_DELAY ?= 0.1
+bench-io: services
+	uv run python -m bench.io --sign-ups $(BENCH_IO_SIGN_UPS) --delay $(BENCH_IO_DELAY)
 
 bench-api: services
 	uv run python scripts/ensure_services.py --wrk

@@ -1,7 +1,9 @@
 """Does the outbox cost `POST /users` anything, next to the naive insert-commit-send_task?
 
-Two apps, each under uvicorn (one process, no access log, log level warning), on the same
-PostgreSQL server (a fresh migrated database each) and the same Redis (the benchmark's own):
+Two apps, each under one uvicorn process started as docs/deploy.md starts the API (uvicorn's
+defaults: log level info, access log on), each logging every request to its log file (the
+product its own JSON line, the naive app uvicorn's access line), on the same PostgreSQL server
+(a fresh migrated database each) and the same Redis (the benchmark's own):
 
 - product: `api.main:create_app`, whose `POST /users` commits the user and its welcome-email
   run in one transaction, answers, and leaves the publish to its background publisher;
@@ -133,14 +135,13 @@ class Server:
 
 def start_server(processes: Processes, side: Side, database: URL) -> Server:
     proc, base_url = processes.api(
-        "--workers", "1", "--no-access-log", "--log-level", "warning",
         app=side.module,
         DATABASE_URL=database.render_as_string(hide_password=False),
-        # test, not production: production refuses the development client token.
+        # test, not production: production refuses the development client token. Like
+        # production, it logs JSON lines at INFO, one per request.
         ENVIRONMENT="test",
-        # Both sides log at the same level, so logging costs the same on each.
-        LOG_LEVEL="WARNING",
-    )  # fmt: skip
+        LOG_LEVEL="INFO",
+    )
     return Server(proc, base_url)
 
 
@@ -335,7 +336,7 @@ def parse_plan(argv: list[str] | None) -> Plan:
     parser.add_argument("--seconds", type=float, default=20.0, help="timed load per app per round")
     parser.add_argument("--warmup", type=float, default=3.0, help="untimed load before each")
     parser.add_argument(
-        "--repeat", type=int, default=2, help="rounds, alternating which goes first"
+        "--repeat", type=int, default=4, help="rounds, alternating which goes first"
     )
     parser.add_argument("--quick", action="store_true", help="5 s phases: a smoke run")
     args = parser.parse_args(argv)

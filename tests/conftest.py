@@ -14,7 +14,7 @@ from tests.fixtures.database import (
 from tests.fixtures.processes import processes
 from tests.fixtures.proxy import db_proxy
 from tests.fixtures.redis import e2e_redis, redis
-from tests.fixtures.smtp import smtp_server, smtputf8_server
+from tests.fixtures.smtp import slow_smtp_server, smtp_server, smtputf8_server
 
 __all__ = [
     "api_app",
@@ -27,6 +27,7 @@ __all__ = [
     "e2e_redis",
     "processes",
     "redis",
+    "slow_smtp_server",
     "smtp_server",
     "smtputf8_server",
     "test_database",

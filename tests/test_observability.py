@@ -1,6 +1,7 @@
 """What operators see: one request id from the API's request to the worker's log lines, and
 metrics that move."""
 
+import json
 import uuid
 
 import httpx
@@ -108,7 +109,7 @@ async def test_worker_and_beat_metrics_move(processes: Processes, e2e_redis: Red
     assert worker_metrics[("worker_task_duration_seconds_count", task)] == count
     assert worker_metrics[("worker_queue_length", (("queue", "maintenance"),))] == 0
 
-    beat = processes.beat(SCHEDULE_PRUNE_LOGS="1")
+    beat = processes.beat(BEAT_SCHEDULE_OVERRIDES=json.dumps({"prune-logs": "1"}))
     beat_url = beat.metrics_url
     assert beat_url is not None
     entry = (("entry", "prune-logs"),)

@@ -1,8 +1,9 @@
-"""python -m scripts.containers images | smoke | check
+"""python -m scripts.containers images | smoke | compose | check
 
 - images:  build both images (`make images`).
 - smoke:   build, then run them as production does (`make smoke-images`).
-- check:   both, for `make test`: where no engine runs or can be started, say so and pass,
+- compose: build, then `docker compose up` the stack with the host-network override.
+- check:   all three, for `make test`: where no engine runs or can be started, say so and pass,
            unless CI=true, where it is required.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 
@@ -19,8 +21,10 @@ from scripts.containers.engine import EngineUnavailable, docker_engine, say
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.containers")
-    parser.add_argument("command", choices=["images", "smoke", "check"])
+    parser.add_argument("command", choices=["images", "smoke", "compose", "check"])
     command = parser.parse_args().command
+    # A SIGTERM (a CI timeout, a kill) unwinds like Ctrl-C, so every clean-up below still runs.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
     try:
         with docker_engine() as engine:
@@ -29,6 +33,10 @@ def main() -> int:
                 from scripts.containers.smoke import smoke_test
 
                 smoke_test(engine, images)
+            if command in ("compose", "check"):
+                from scripts.containers.compose import compose_check
+
+                compose_check(engine, images)
     except EngineUnavailable as error:
         required = os.environ.get("CI", "").lower() == "true"
         say(f"NOT RUN: the container checks need a Docker engine: {error}")

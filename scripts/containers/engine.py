@@ -129,6 +129,16 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=STOP_SECONDS)
 
 
+def _remove_leftovers(engine: Engine) -> None:
+    """This data folder is ours alone: containers and volumes in it are from a run that was
+    killed before it could clean up."""
+    containers = engine.output("ps", "--all", "--quiet").split()
+    if containers:
+        say(f"removing {len(containers)} container(s) left by an interrupted run")
+        engine.run("rm", "--force", "--volumes", *containers, check=False)
+    engine.run("volume", "prune", "--force", check=False)
+
+
 @contextmanager
 def own_engine() -> Iterator[Engine]:
     """Start dockerd for the length of the block, then stop it by its pid and remove its
@@ -164,7 +174,10 @@ def own_engine() -> Iterator[Engine]:
                 )
             time.sleep(0.5)
         say(f"started dockerd (pid {process.pid}), data in {data}")
+        _remove_leftovers(engine)
         yield engine
+        # Images replaced by this run's builds; tagged images and the build cache stay warm.
+        engine.run("image", "prune", "--force", check=False)
     finally:
         _stop(process)
         unmount_all_under(runtime)

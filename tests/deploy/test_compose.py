@@ -173,3 +173,60 @@ def test_duration_parser() -> None:
     assert seconds(390) == 390
     with pytest.raises(ValueError, match="not a Compose duration"):
         seconds("six minutes")
+
+
+HOST_NETWORK = COMPOSE_FILE.parent / "deploy" / "compose" / "host-network.yaml"
+LOOPBACK = "127.0.0.1"
+
+
+def test_healthchecks_ask_their_own_service(raw: dict[str, Any]) -> None:
+    """On a host network, 127.0.0.1:6379 (or :8000) may be another stack's: each check reaches
+    its own server through its socket, or asks the port its service was configured with."""
+    services = raw["services"]
+    redis = services["redis"]
+    socket = redis["command"][redis["command"].index("--unixsocket") + 1]
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "-s", socket, "ping"]
+    assert "--host=/var/run/postgresql" in services["postgres"]["healthcheck"]["test"]
+    assert services["api"]["healthcheck"]["test"] == ["CMD", "python", "-m", "api.probe", "readyz"]
+    assert services["mailpit"]["healthcheck"]["test"] == ["CMD", "/mailpit", "readyz"]
+
+
+def host_network_config() -> dict[str, Any]:
+    result = run(
+        [compose_binary(), "--file", str(COMPOSE_FILE), "--file", str(HOST_NETWORK),
+         "--project-directory", str(COMPOSE_FILE.parent), "config", "--format", "json"],
+        cwd=COMPOSE_FILE.parent,
+    )  # fmt: skip
+    assert result.returncode == 0, output(result)
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def test_host_network_override_keeps_every_service_on_loopback_ports_of_its_own() -> None:
+    base, merged = rendered()["services"], host_network_config()["services"]
+    assert set(merged) == set(base), "the override adds no service and drops none"
+    ports: list[str] = []
+    for name, service in merged.items():
+        assert service["network_mode"] == "host", name
+        assert not service.get("ports"), f"{name} publishes nothing on a host network"
+        env = service.get("environment") or {}
+        for key in ("API_BIND_ADDRESS", "METRICS_BIND_ADDRESS", "SMTP_HOST", "SINK_HOST"):
+            if key in env:
+                assert env[key] == LOOPBACK, f"{name} {key}"
+        if "DATABASE_URL" in env:
+            assert f"@{LOOPBACK}:" in env["DATABASE_URL"]
+            assert env["REDIS_URL"].startswith(f"redis://{LOOPBACK}:")
+        if name.startswith("worker-"):
+            ports.append(env["WORKER_METRICS_PORT"])
+    assert len(set(ports)) == len(ports), "two workers on one host need two metrics ports"
+    redis_command = merged["redis"]["command"]
+    assert redis_command[redis_command.index("--bind") + 1] == LOOPBACK
+
+
+def test_host_network_override_keeps_the_healthchecks_of_compose_yaml() -> None:
+    base, merged = rendered()["services"], host_network_config()["services"]
+    for name, service in base.items():
+        if name == "mailpit":  # the stand-in sink is not Mailpit: its own check, same idea
+            assert merged[name]["healthcheck"]["test"][-1] == "--check"
+        elif "healthcheck" in service:
+            assert merged[name]["healthcheck"]["test"] == service["healthcheck"]["test"], name

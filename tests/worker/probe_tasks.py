@@ -4,6 +4,7 @@ the production app with every production task, plus these."""
 import asyncio
 import json
 import os
+import time
 from typing import Any
 
 from celery import Task
@@ -94,3 +95,47 @@ def retry_once(self: Task[Any, Any], /, countdown: float) -> None:
     report({"retry_once": self.request.retries, "pid": os.getpid()})
     if not self.request.retries:
         raise self.retry(countdown=countdown)
+
+
+class SleepArgs(TaskArgs):
+    seconds: float
+
+
+# Cut off after 3 s, whatever TASK_SOFT_TIME_LIMIT says: one recorded FAILED, one retried once.
+SLEEP = TaskContract(
+    "tests.sleep", SleepArgs, float, Queue.DEFAULT, enqueueable=False, soft_time_limit=3
+)
+SLEEP_RETRIED = TaskContract(
+    "tests.sleep_retried",
+    SleepArgs,
+    float,
+    Queue.DEFAULT,
+    enqueueable=False,
+    soft_time_limit=3,
+    retry_on_time_limit=True,
+)
+
+
+async def _sleep(args: SleepArgs, db: AsyncSession) -> float:
+    await asyncio.sleep(args.seconds)
+    return args.seconds
+
+
+@app.task(name=SLEEP.name, bind=True, max_retries=1)
+def sleep(self: Task[Any, Any], /, **kwargs: object) -> float:
+    return run_recorded(self, SLEEP, _sleep, kwargs)
+
+
+@app.task(name=SLEEP_RETRIED.name, bind=True, max_retries=1)
+def sleep_retried(self: Task[Any, Any], /, **kwargs: object) -> float:
+    return run_recorded(self, SLEEP_RETRIED, _sleep, kwargs)
+
+
+@app.task(name="tests.block_the_loop")
+def block_the_loop(seconds: float) -> None:
+    """A core that never yields: it holds up every run on its process's loop."""
+
+    async def block() -> None:
+        time.sleep(seconds)  # noqa: ASYNC251 - the point: a core that blocks its loop
+
+    run_async(block())

@@ -28,8 +28,15 @@ INTERVAL = 2.0
 # Log timestamps have millisecond resolution; beat wakes up a few ms after an entry fell due.
 EARLY = 0.01
 LATE = 0.5
+
+
 # Only prune-logs runs fast; the outbox relay is silenced, the nightly entry stays nightly.
-FAST = {"SCHEDULE_PRUNE_LOGS": str(INTERVAL), "OUTBOX_RELAY_INTERVAL": "3600"}
+def every(seconds: float) -> dict[str, str]:
+    """prune-logs every `seconds`, by its entry name (BEAT_SCHEDULE_OVERRIDES)."""
+    return {"BEAT_SCHEDULE_OVERRIDES": json.dumps({"prune-logs": str(seconds)})}
+
+
+FAST = {**every(INTERVAL), "OUTBOX_RELAY_INTERVAL": "3600"}
 TAKEOVER_BOUND = 30.0
 
 
@@ -139,7 +146,7 @@ def test_a_restarted_beat_neither_resends_a_tick_nor_sends_missed_ones_twice(
 ) -> None:
     # Long enough that a restart on a loaded machine (stop, interpreter start, lock) fits in it.
     interval = 8.0
-    fast = {**FAST, "SCHEDULE_PRUNE_LOGS": str(interval)}
+    fast = {**FAST, **every(interval)}
     first = processes.beat("beat", **fast)
     [sent_before] = wait_for_sends(1, first, timeout=interval + 10)
     first.stop()

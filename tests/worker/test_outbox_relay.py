@@ -6,11 +6,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from shared.broker import Broker, PublishError
+from shared.contracts import PRUNE_LOGS, RELAY_OUTBOX
 from shared.models import TaskRun, TaskState
 from shared.settings import settings
+from tests.fixtures.processes import FAST_RELAY, Processes
+from tests.fixtures.waiting import wait_until
 from worker.outbox.tasks import relay
 
 
@@ -97,3 +101,42 @@ async def test_a_broker_outage_leaves_the_rows_unpublished(db: AsyncSession) -> 
         await relay(db, down)
     await db.refresh(run)
     assert run.published_at is None
+
+
+async def test_relay_ticks_keep_no_rows_and_log_only_what_they_did(
+    processes: Processes, e2e_engine: AsyncEngine
+) -> None:
+    """A quiet task (RELAY_OUTBOX.quiet): on a real worker and beat, ticks that find nothing
+    leave no task-run row (so none fill GET /tasks) and no log line; a tick that publishes a
+    run says so once."""
+    processes.env.update(**FAST_RELAY)
+    worker = processes.worker(concurrency=1)
+    beat = processes.beat()
+
+    def ticks() -> int:
+        return beat.output().count(f"Sending due task outbox-relay ({RELAY_OUTBOX.name})")
+
+    def relay_lines() -> list[dict[str, object]]:
+        return [line for line in worker.log_lines() if line.get("task_name") == RELAY_OUTBOX.name]
+
+    worker.wait_for_output("ready")
+    first = ticks()
+    wait_until(lambda: ticks() >= first + 3, 30, "three relay ticks after the worker is ready")
+    assert relay_lines() == []
+
+    # A run the API committed but never published (it died): the relay's next ticks send it.
+    orphan = make_run(
+        name=PRUNE_LOGS.name,
+        kwargs={"days": 30},
+        created_at=datetime.now(UTC) - timedelta(minutes=1),
+    )
+    async with AsyncSession(e2e_engine) as db:
+        db.add(orphan)
+        await db.commit()
+    wait_until(lambda: relay_lines() != [], 20, "the relay's line about the run it published")
+    [line] = relay_lines()
+    assert line["message"] == "task finished"
+    assert line["result"] == 1
+    async with e2e_engine.connect() as connection:
+        names = set((await connection.scalars(select(TaskRun.name))).all())
+    assert names == {PRUNE_LOGS.name}, "relay ticks must keep no task-run row"

@@ -18,6 +18,7 @@ from api.users.routes import router as users_router
 from shared.broker import Broker, connect_redis
 from shared.db import make_engine, make_sessionmaker
 from shared.logs import configure_logging
+from shared.runs.enqueue import publish_on_commit
 from shared.schema import ensure_schema_current
 from shared.settings import settings
 
@@ -35,6 +36,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     broker = Broker(redis, settings.publish_timeout)
     publisher = Publisher(broker, sessions)
     publisher.start()
+    # Every run a service enqueues is handed to the publisher once its transaction commits.
+    publish_on_commit(sessions, publisher.submit)
     app.state.resources = Resources(engine, sessions, redis, broker, publisher)
     # Everything made so far lives as long as the process: keep the collector from walking it
     # again on every full collection, which shows up as tail latency under load.

@@ -87,3 +87,14 @@ def worker_session_limits() -> dict[str, str]:
 def make_sessionmaker(bind: AsyncEngine | AsyncConnection) -> async_sessionmaker[AsyncSession]:
     """Objects stay readable after commit: services return what they committed."""
     return async_sessionmaker(bind, expire_on_commit=False)
+
+
+async def autocommit_statement(db: AsyncSession) -> None:
+    """Let the session's next statement commit on its own, with no BEGIN and no COMMIT: two
+    round trips fewer while a pooled connection is held, for work that is one statement and
+    so atomic by itself. A session bound to a connection runs inside its owner's transaction
+    (tests roll theirs back; a caller may be composing several writes): it is left as it is.
+    Call `db.commit()` afterwards all the same, to hand the connection back."""
+    if isinstance(db.bind, AsyncConnection):
+        return
+    await db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})

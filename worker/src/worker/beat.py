@@ -17,6 +17,7 @@ sends nothing and goes back to standby.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -32,6 +33,7 @@ from redbeat.schedulers import (
 )
 from redis.exceptions import LockNotOwnedError
 
+from shared.beat import LAST_SENT_KEY
 from worker.heartbeat import heartbeat_path, touch
 from worker.probe import BEAT_HEARTBEAT
 
@@ -95,6 +97,8 @@ class HeartbeatScheduler(RedBeatScheduler):  # type: ignore[misc]  # redbeat is 
     def apply_async(self, entry: Any, *args: Any, **kwargs: Any) -> Any:
         sent = super().apply_async(entry, *args, **kwargs)
         BEAT_TICKS.labels(entry.name).inc()
+        # Recorded once the broker took the message, so GET /schedules tells what really went.
+        get_redis(self.app).hset(LAST_SENT_KEY, entry.name, repr(time.time()))
         return sent
 
     def _try_acquire_lock(self) -> bool:

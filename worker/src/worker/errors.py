@@ -18,7 +18,12 @@ ERROR_TEXT_LIMIT = 2000
 
 class ClaimHeld(Exception):
     """Another run holds the claim on what this run would change (it is sending the same
-    welcome email right now): try again later, when that run finished or its claim expired."""
+    welcome email right now): try again once that claim can have expired, `retry_after`
+    seconds from now, so waiting for a dead holder does not use up the retries."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 _TRANSIENT: tuple[type[BaseException], ...] = (

@@ -50,7 +50,7 @@ from shared.contracts import ArgsT, ResultT, TaskContract
 from shared.logs import log_context
 from shared.models import FINISHED_STATES, TaskRun, TaskState
 from shared.settings import settings
-from worker.errors import RunSupersededError, describe, is_transient
+from worker.errors import ClaimHeld, RunSupersededError, describe, is_transient
 from worker.metrics import (
     TASK_DURATION,
     TASKS_FAILED,
@@ -295,7 +295,7 @@ async def _run_claimed(
         outcome: RetryLater | Failed
         if retryable and run.retries < run.max_retries:
             outcome, state, extra = (
-                RetryLater(exc, _backoff(run.retries)),
+                RetryLater(exc, _retry_delay(exc, run.retries)),
                 TaskState.RETRYING,
                 {"published_at": func.now()},
             )
@@ -340,6 +340,16 @@ def _report(task: str, outcome: Outcome[R], seconds: float) -> None:
             "task finished",
             extra={**fields, "outcome": "failed", "error": type(outcome.error).__name__},
         )
+
+
+def _retry_delay(exc: Exception, retries: int) -> int:
+    """The backoff; for a claim held by another run, 1, 2, 4... seconds, never past the
+    claim's expiry: its holder usually finishes in a moment, and one that died frees the user
+    within the retries (1 + 2 + 4 + 8 + 16 s outlast SMTP_TIMEOUT + CLAIM_MARGIN by default)."""
+    if isinstance(exc, ClaimHeld):
+        doubling: int = 2**retries
+        return max(1, min(exc.retry_after, doubling))
+    return _backoff(retries)
 
 
 def _backoff(retries: int) -> int:

@@ -82,8 +82,6 @@ async def enqueue_task(
         request_id=current_request_id(),
         idempotency_key=idempotency_key,
     )
-    if run.published_at is None:
-        resources.publisher.submit([run])
     return TaskAcceptedOut.model_validate(run)
 
 
@@ -97,7 +95,6 @@ async def retry_task(
 ) -> TaskAcceptedOut:
     """Run a FAILED run's task again, with the same arguments, as a new run."""
     run = await service.retry_run(db, _run_id(run_id), request_id=current_request_id())
-    resources.publisher.submit([run])
     return TaskAcceptedOut.model_validate(run)
 
 
@@ -144,7 +141,9 @@ def _run_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 @router.get("/schedules", responses=error_responses(401, 403))
 async def list_schedules(resources: AppResources, _: AdminToken) -> list[ScheduleOut]:
-    """The periodic entries as beat keeps them in Redis, with their next and last run (UTC)."""
+    """Beat's entries, with when each next falls due and when beat last sent it (UTC). The
+    schedule and the next time come from the code, so they hold with no beat running; the last
+    send is what beat recorded in Redis."""
     try:
         entries = await read_schedule(resources.redis)
     except (RedisError, OSError, TimeoutError):

@@ -31,7 +31,6 @@ async def create_user(
     user, welcome = await service.create_user(
         db, email=body.email, full_name=body.full_name, request_id=current_request_id()
     )
-    resources.publisher.submit([welcome])
     response.headers["Location"] = f"/users/{user.id}"
     return UserCreatedOut(**UserOut.model_validate(user).model_dump(), welcome_run_id=welcome.id)
 

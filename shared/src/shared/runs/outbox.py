@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.broker import Broker, TaskMessage
 from shared.contracts import CONTRACTS, ArgsT, Queue, ResultT, TaskContract
+from shared.db import autocommit_statement
 from shared.models import TaskRun, TaskState
 
 # A run STARTED this long past the hard time limit has no live worker: Celery killed it.
@@ -70,8 +71,10 @@ async def publish_committed(
     relay picks them up after its grace period.
     """
     await broker.publish([message_for(run) for run in runs])
-    async with sessions.begin() as db:
+    async with sessions() as db:
+        await autocommit_statement(db)  # one UPDATE, on a connection requests are waiting for
         await mark_published(db, [run.id for run in runs])
+        await db.commit()
 
 
 def _locked_oldest_first(query: Select[TaskRun], limit: int) -> Select[TaskRun]:

@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.contracts import CONTRACTS, AnyContract
 from shared.errors import InvalidInput
 from shared.models import TaskRun, TaskState
+from shared.runs.enqueue import enqueue as add_run
 from shared.runs.errors import IdempotencyKeyReused, RunNotFound, RunNotRetryable, UnknownTask
-from shared.runs.outbox import new_run
 
 
 def enqueueable_contract(name: str) -> AnyContract:
@@ -33,7 +33,7 @@ async def enqueue(
     request_id: str | None,
     idempotency_key: str | None,
 ) -> TaskRun:
-    """A QUEUED run of the named task, committed; the caller publishes it.
+    """A QUEUED run of the named task, committed, and published after the commit.
 
     With an idempotency key, a repeated request returns the run the first one created.
     """
@@ -50,8 +50,7 @@ async def enqueue(
         existing = await _by_idempotency_key(db, idempotency_key, name, as_json)
         if existing is not None:
             return existing
-    run = new_run(contract, args, request_id=request_id, idempotency_key=idempotency_key)
-    db.add(run)
+    run = add_run(db, contract, args, request_id=request_id, idempotency_key=idempotency_key)
     try:
         await db.commit()
     except IntegrityError:  # a concurrent request with the same key won
@@ -100,7 +99,7 @@ async def list_runs(
 
 
 async def retry_run(db: AsyncSession, run_id: uuid.UUID, *, request_id: str | None) -> TaskRun:
-    """A new run of a FAILED run's task with the same arguments, committed."""
+    """A new run of a FAILED run's task with the same arguments, committed and published."""
     failed = await get_run(db, run_id)
     if failed.state != TaskState.FAILED:
         raise RunNotRetryable(f"only a FAILED run can be retried; this one is {failed.state}")
@@ -111,7 +110,6 @@ async def retry_run(db: AsyncSession, run_id: uuid.UUID, *, request_id: str | No
         args = contract.args.model_validate(failed.kwargs)
     except ValidationError:
         raise RunNotRetryable(f"its arguments no longer fit {failed.name}") from None
-    run = new_run(contract, args, request_id=request_id)
-    db.add(run)
+    run = add_run(db, contract, args, request_id=request_id)
     await db.commit()
     return run

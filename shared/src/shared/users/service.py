@@ -5,12 +5,14 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
-from shared.contracts import SEND_WELCOME_EMAIL, SendWelcomeEmailArgs
+from shared.contracts import SEND_WELCOME_EMAIL
 from shared.models import TaskRun, User
+from shared.runs.enqueue import insert_run, publish_after_commit, validate_args
 from shared.runs.outbox import new_run
 from shared.users.errors import EmailTaken, UserNotFound
 
@@ -25,45 +27,35 @@ class UserChange:
 
 # Both rows in one statement: the run needs the user's id, and asking for it first (a flush)
 # would cost a round trip while the request holds a pooled connection, which under load is
-# what the tail latency of sign-ups is made of. The run's kwargs are SendWelcomeEmailArgs.
-_CREATE_WITH_WELCOME = text(
-    """
-    WITH new_user AS (
-        INSERT INTO users (email, full_name) VALUES (:email, :full_name) RETURNING *
-    ), welcome AS (
-        INSERT INTO task_runs (id, name, kwargs, request_id)
-        SELECT :run_id, :task, jsonb_build_object('user_id', new_user.id), :request_id
-        FROM new_user
-    )
-    SELECT * FROM new_user
-    """
+# what the tail latency of sign-ups is made of. The run's INSERT is built from the contract.
+_NEW_USER = (
+    insert(User)
+    .values(email=bindparam("email"), full_name=bindparam("full_name"))
+    .returning(*User.__table__.columns)
+    .cte("new_user")
 )
+_WELCOME = insert_run(SEND_WELCOME_EMAIL, _NEW_USER, user_id=_NEW_USER.c.id).cte("welcome")
+_CREATE_WITH_WELCOME = select(aliased(User, _NEW_USER)).add_cte(_WELCOME)
 
 
 async def create_user(
     db: AsyncSession, *, email: str, full_name: str, request_id: str | None
 ) -> tuple[User, TaskRun]:
-    """The user and its welcome-email run, committed together (the outbox)."""
+    """The user and its welcome-email run, committed together (the outbox); the run is
+    published after the commit."""
     run_id = uuid.uuid4()
-    statement = select(User).from_statement(_CREATE_WITH_WELCOME)
-    params = {
-        "email": email,
-        "full_name": full_name,
-        "run_id": run_id,
-        "task": SEND_WELCOME_EMAIL.name,
-        "request_id": request_id,
-    }
+    params = {"email": email, "full_name": full_name, "run_id": run_id, "request_id": request_id}
     try:
-        user = (await db.scalars(statement, params)).one()
+        user = (await db.scalars(_CREATE_WITH_WELCOME, params)).one()
+        args = validate_args(SEND_WELCOME_EMAIL, {"user_id": user.id})
+        welcome = new_run(SEND_WELCOME_EMAIL, args, request_id=request_id, id=run_id)
+        publish_after_commit(db, welcome)
         await db.commit()
     except IntegrityError as exc:
         await db.rollback()
         if EMAIL_UNIQUE_INDEX in str(exc.orig):
             raise EmailTaken from None
         raise
-    welcome = new_run(
-        SEND_WELCOME_EMAIL, SendWelcomeEmailArgs(user_id=user.id), request_id=request_id, id=run_id
-    )
     return user, welcome
 
 

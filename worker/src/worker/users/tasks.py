@@ -2,6 +2,7 @@
 
 import contextlib
 import logging
+import math
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -46,7 +47,10 @@ _CLAIM = (
     )
     .returning(User.email, User.full_name)
 )
-_SENT_OR_CLAIMED = select(User.welcome_email_sent_at).where(User.id == bindparam("user_id"))
+_SENT_OR_CLAIMED = select(
+    User.welcome_email_sent_at,
+    func.extract("epoch", User.welcome_email_claimed_until - _NOW).label("claim_left"),
+).where(User.id == bindparam("user_id"))
 _RELEASE = (
     update(User)
     .where(User.id == bindparam("user_id"), User.welcome_email_claim == bindparam("claim"))
@@ -83,7 +87,10 @@ async def send_welcome_email(args: SendWelcomeEmailArgs, db: AsyncSession) -> bo
         if claimed is None:
             user = (await db.execute(_SENT_OR_CLAIMED, params)).one_or_none()
             if user is not None and user.welcome_email_sent_at is None:
-                raise ClaimHeld("another run is sending this user's welcome email")
+                raise ClaimHeld(
+                    "another run is sending this user's welcome email",
+                    retry_after=math.ceil(max(0, user.claim_left or 0)) + 1,
+                )
             return False  # no such user, or its welcome email went out
         try:
             await deliver(email.welcome_message(smtp_address(claimed.email), claimed.full_name))
