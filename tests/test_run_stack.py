@@ -162,6 +162,7 @@ def test_make_run_routes_each_queue_to_its_kind_and_ctrl_c_stops_everything(
     _, alive = psutil.wait_procs(started, timeout=5)
     assert not alive, f"left running after Ctrl-C: {alive}"
     assert not run_folder.exists(), "the temporary folder outlived the stack"
+    assert list(stack.temp_dir.iterdir()) == [], "the stack left files in TMPDIR"
     for kind in KINDS:
         assert stack.probe(kind.name, "--ready") == 1, f"{kind.name} still reports ready"
 
