@@ -44,7 +44,7 @@ from sqlalchemy.engine import URL
 
 from bench.services import own_redis, url_of
 from shared.settings import DEV_API_TOKEN
-from tests.fixtures.postgres import create_migrated_database, engine_on
+from tests.fixtures.postgres import create_migrated_database, drop_database, engine_on
 from tests.fixtures.processes import Proc, Processes
 
 PRODUCT_DATABASE = "backend_bench_api"
@@ -368,7 +368,11 @@ def main(argv: list[str] | None = None) -> None:
             load = f"1-min load average {before:.2f} before, {os.getloadavg()[0]:.2f} after"
         finally:
             processes.stop_all()
-        lines = report(plan, product, naive, rounds, load)
+        try:
+            lines = report(plan, product, naive, rounds, load)
+        finally:
+            for url in urls.values():  # no run leaves its databases behind
+                asyncio.run(drop_database(url, "bench"))
     print("\n".join(lines))
 
 

@@ -43,7 +43,7 @@ from sqlalchemy.engine import URL
 from bench.services import own_redis, url_of
 from bench.tasks import COUNTER_KEY, NOOP, TOUCH_USER, TOUCH_USER_ASYNCIO_RUN
 from shared.broker import Broker, TaskMessage
-from tests.fixtures.postgres import create_migrated_database, engine_on
+from tests.fixtures.postgres import create_migrated_database, drop_database, engine_on
 from tests.fixtures.processes import Proc, Processes
 from worker.kinds import CONCURRENT
 
@@ -290,29 +290,32 @@ def parse_plan(argv: list[str] | None) -> Plan:
 def main(argv: list[str] | None = None) -> None:
     plan = parse_plan(argv)
     database = create_migrated_database(url_of(DATABASE), "bench")
-    asyncio.run(seed_users(database, plan.users))
-    lines: list[str] = []
-    rates: list[float] = []
-    for setup in WORKERS:
-        with (
-            tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp,
-            own_redis(Path(tmp)) as redis_url,
-        ):
-            processes = Processes(Path(tmp), database, redis_url)
-            try:
-                worker = start_worker(processes, setup, plan.synchronous_commit)
-                found, rate = asyncio.run(measure(plan, setup, worker, database, redis_url))
-            finally:
-                processes.stop_all()
-        lines += [*found, ""]
-        rates.append(rate)
-        asyncio.run(reset_users(database))
-    prefork, concurrent = rates
-    lines.append(
-        f"(b) on the concurrent worker: {concurrent:.1f} tasks/s, on the prefork worker: "
-        f"{prefork:.1f} tasks/s ({concurrent / prefork:.2f}x); target: not slower: "
-        f"{'met' if concurrent >= prefork else 'MISSED'}"
-    )
+    try:
+        asyncio.run(seed_users(database, plan.users))
+        lines: list[str] = []
+        rates: list[float] = []
+        for setup in WORKERS:
+            with (
+                tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp,
+                own_redis(Path(tmp)) as redis_url,
+            ):
+                processes = Processes(Path(tmp), database, redis_url)
+                try:
+                    worker = start_worker(processes, setup, plan.synchronous_commit)
+                    found, rate = asyncio.run(measure(plan, setup, worker, database, redis_url))
+                finally:
+                    processes.stop_all()
+            lines += [*found, ""]
+            rates.append(rate)
+            asyncio.run(reset_users(database))
+        prefork, concurrent = rates
+        lines.append(
+            f"(b) on the concurrent worker: {concurrent:.1f} tasks/s, on the prefork worker: "
+            f"{prefork:.1f} tasks/s ({concurrent / prefork:.2f}x); target: not slower: "
+            f"{'met' if concurrent >= prefork else 'MISSED'}"
+        )
+    finally:
+        asyncio.run(drop_database(database, "bench"))  # no run leaves its database behind
     print("\n".join(lines))
 
 
