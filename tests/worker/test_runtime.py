@@ -5,12 +5,13 @@ import signal
 from collections import defaultdict
 
 from redis.asyncio import Redis
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.broker import Broker, TaskMessage
 from shared.contracts import SEND_WELCOME_EMAIL
 from shared.models import TaskState, User
+from tests.fixtures.postgres import connections_of
 from tests.fixtures.processes import Processes
 from tests.fixtures.runs import publish, runs_by_id, wait_for_state
 from tests.fixtures.smtp import Mailbox
@@ -21,17 +22,6 @@ from tests.worker.probe_tasks import PROBE_APP, SLOW_UPDATE, reports
 LOOP_ERRORS = ("attached to a different loop", "another operation is in progress", "loop is closed")
 
 
-async def worker_connections(engine: AsyncEngine) -> int:
-    async with engine.connect() as conn:
-        count = await conn.scalar(
-            text(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE application_name = 'backend.worker' AND datname = current_database()"
-            )
-        )
-    return int(count or 0)
-
-
 async def test_each_child_reuses_its_own_connections(
     processes: Processes, e2e_redis: Redis, e2e_engine: AsyncEngine
 ) -> None:
@@ -39,7 +29,7 @@ async def test_each_child_reuses_its_own_connections(
     worker = processes.worker(app=PROBE_APP, concurrency=2, WORKER_DB_POOL_SIZE=str(pool_size))
     await publish(e2e_redis, "tests.backend_pid", count=250)
     done = await reports(e2e_redis, 250)
-    peak_connections = await worker_connections(e2e_engine)
+    peak_connections = await connections_of(e2e_engine, "backend.worker")
 
     backends_by_process: dict[int, set[int]] = defaultdict(set)
     processes_by_backend: dict[int, set[int]] = defaultdict(set)
@@ -66,7 +56,7 @@ async def test_the_asyncio_run_form_still_works_for_many_tasks(
     done = await reports(e2e_redis, 60)
     assert len(done) == 60
     assert len({r["os_pid"] for r in done}) <= 2
-    assert await worker_connections(e2e_engine) == 0  # each closed with its loop
+    assert await connections_of(e2e_engine, "backend.worker") == 0  # each closed with its loop
     assert "Traceback" not in worker.output()
 
 
