@@ -87,7 +87,7 @@ class Soak:
     def __init__(self, minutes: float, rate: float, work: Path) -> None:
         self.seconds = minutes * 60
         self.rate = rate
-        # REDIS_URL is set in start(), once the soak's own Redis runs.
+        # REDIS_URL is set in start(), by own_redis(): the soak restarts that Redis.
         self.procs = Processes(work, DATABASE, redis_url="")
         self.mailbox = Mailbox(port=free_port())
         self.figures = Figures()
@@ -97,9 +97,8 @@ class Soak:
 
     def start(self) -> str:
         create_migrated_database(DATABASE, "bench")
-        _, self.redis_port = self.procs.redis_server()
+        self.redis_port = self.procs.own_redis()
         self.procs.env.update(
-            REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",
             SMTP_HOST="127.0.0.1",
             SMTP_PORT=str(self.mailbox.port),
             **STACK_ENV,

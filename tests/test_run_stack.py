@@ -156,6 +156,7 @@ def test_make_run_routes_each_queue_to_its_kind_and_ctrl_c_stops_everything(
     assert not alive, f"left running after Ctrl-C: {alive}"
     assert not run_folder.exists(), "the temporary folder outlived the stack"
     assert list(stack.temp_dir.iterdir()) == [], "the stack left files in TMPDIR"
+    assert list(stack.heartbeat_dir.iterdir()) == [], "the stack left its probes' files"
     for kind in KINDS:
         assert stack.probe(kind.name, "--ready") == 1, f"{kind.name} still reports ready"
 
