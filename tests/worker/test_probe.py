@@ -14,7 +14,6 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.models import TaskRun, TaskState
-from tests.fixtures.ports import free_port
 from tests.fixtures.processes import Proc, Processes, run_probe
 from tests.fixtures.runs import publish
 from tests.fixtures.users import insert_users
@@ -134,26 +133,3 @@ async def test_the_worker_probes_follow_the_main_process_not_the_tasks(
     worker.stop()
     assert not (heartbeat_dir / WORKER_READY).exists(), "still ready after shutdown"
     assert run_probe("worker", heartbeat_dir, max_age, "--ready") != 0
-
-
-def test_a_second_worker_with_the_same_name_and_directory_refuses_to_start(
-    processes: Processes, tmp_path: Path
-) -> None:
-    """It would delete the first one's files at start, and then pass that one's probes."""
-    first = processes.worker(concurrency=1, WORKER_NAME="twin")
-    assert run_probe("worker", tmp_path, 30, "--ready", "--name", "twin") == 0
-    assert (tmp_path / "twin.ready").read_text().strip() == str(first.popen.pid)
-    second = processes.start(
-        "worker",
-        [
-            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-P", "prefork",
-            "-c", "1", "-Q", "default", "-n", "twin-2@%h", "--without-mingle", "--without-gossip",
-        ],
-        WORKER_NAME="twin",
-        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics-twin-2"),
-        WORKER_METRICS_PORT=str(free_port()),
-    )  # fmt: skip
-    assert second.popen.wait(timeout=60) != 0
-    assert "belongs to running process" in second.output()
-    assert (tmp_path / "twin.ready").read_text().strip() == str(first.popen.pid)
-    assert run_probe("worker", tmp_path, 30, "--ready", "--name", "twin") == 0

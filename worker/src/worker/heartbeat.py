@@ -4,16 +4,10 @@ Only the main process writes them: it consumes messages and hands them to the po
 event loop being alive is what "the worker is alive" means. The heartbeat is a timer on that
 loop, so it stops when the loop stops (stuck, or SIGSTOP), while a long task in a pool child
 does not delay it. The handlers here only touch and remove files.
-
-Each worker's files carry its WORKER_NAME, so the two kinds share a HEARTBEAT_DIR on one host.
-The ready file holds the pid of the worker that wrote it: a worker that finds its name's ready
-file owned by another live process (a second worker given the same name and directory) refuses
-to start rather than delete that worker's files and pass its probes for it.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -58,45 +52,17 @@ class WorkerHeartbeat(bootsteps.StartStopStep):
     shutdown = stop
 
 
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, someone else's
-        return True
-    return True
-
-
-def owner_of(path: Path) -> int | None:
-    """The pid written in a ready file, or None (no file, or not a pid)."""
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
 def _forget_previous_run(**_: object) -> None:
     # An emptyDir outlives a restarted container: a ready file left by a killed worker must not
-    # make this one look ready before it consumes. Only this worker's own files (its name), and
-    # only when no other live worker owns them.
-    ready = heartbeat_path(ready_file(settings.worker_name))
-    owner = owner_of(ready)
-    if owner is not None and owner != os.getpid() and process_alive(owner):
-        # SystemExit, because Celery logs and swallows a receiver's ordinary exceptions.
-        raise SystemExit(
-            f"the worker refuses to start: {ready} belongs to running process {owner}; give "
-            "each worker on this host its own WORKER_NAME or HEARTBEAT_DIR"
-        )
-    remove(ready)
+    # make this one look ready before it consumes. Only this worker's own files (its name):
+    # another worker writing to the same directory keeps its own.
+    remove(heartbeat_path(ready_file(settings.worker_name)))
     remove(heartbeat_path(heartbeat_file(settings.worker_name)))
 
 
 def _ready(**_: object) -> None:
     touch(heartbeat_path(heartbeat_file(settings.worker_name)))
-    ready = heartbeat_path(ready_file(settings.worker_name))
-    ready.parent.mkdir(parents=True, exist_ok=True)
-    ready.write_text(f"{os.getpid()}\n")
+    touch(heartbeat_path(ready_file(settings.worker_name)))
 
 
 def _not_ready(**_: object) -> None:

@@ -32,7 +32,6 @@ from redis.exceptions import RedisError
 
 from shared.contracts import Queue
 from shared.settings import settings
-from worker.heartbeat import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +104,16 @@ def _pid_of(file: Path) -> int | None:
     return int(tail) if tail.isdigit() else None
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
 def forget_previous_run() -> None:
     """Counts from processes of an earlier run would add up with ours: start from zero. Runs in
     the main process before the pool starts, so a file of a live process other than this one
@@ -116,7 +125,7 @@ def forget_previous_run() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     files = list(folder.glob("*.db"))
     owners = {pid for pid in map(_pid_of, files) if pid is not None}
-    others = sorted(pid for pid in owners if pid != os.getpid() and process_alive(pid))
+    others = sorted(pid for pid in owners if pid != os.getpid() and _alive(pid))
     if others:
         raise SharedMetricsFolderError(
             f"{MULTIPROCESS_DIR}={directory} holds the metrics of running processes {others}: "
