@@ -237,3 +237,5 @@ async def test_a_run_cut_off_by_a_redis_restart_is_repaired_after_its_time_limit
     print(f"\ncut off in flight; succeeded {repaired_in:.1f}s later; restarted: {restarted}")
     assert run.attempts == 2  # the cancelled attempt, then the repaired one
     assert name == "cut0+"  # the cancelled attempt's uncommitted update is gone: applied once
+    if pool == "threads":  # the core was cancelled on the loop, not left to finish
+        assert '"outcome": "cancelled"' in worker.output()

@@ -252,7 +252,17 @@ async def execute(
         log.info("task started", extra={"attempt": claimed.attempts})
         TASKS_STARTED.labels(run.name).inc()
         started = time.perf_counter()
-        outcome = await _run_claimed(run, claimed, contract, core, commits)
+        try:
+            outcome = await _run_claimed(run, claimed, contract, core, commits)
+        except asyncio.CancelledError:
+            # Cancelled by the worker (the broker connection was lost, or the process stops):
+            # its transaction rolled back, and its message will be delivered again.
+            log.warning(
+                "task cancelled",
+                extra={"duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                       "outcome": "cancelled"},
+            )  # fmt: skip
+            raise
         _report(run.name, outcome, time.perf_counter() - started)
         return outcome
 
