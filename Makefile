@@ -7,7 +7,7 @@ export UV_PYTHON_DOWNLOADS := never
 
 PYTEST_WORKERS ?= auto
 
-.PHONY: test run lint types migrate services sync uv bench-worker bench-api bench-maintenance
+.PHONY: test run lint types migrate services sync uv bench-worker bench-api bench-maintenance bench-io
 .PHONY: images smoke-images compose-check
 
 uv:
@@ -64,6 +64,13 @@ bench-worker: services
 
 bench-maintenance: services
 	uv run python -m bench.maintenance
+
+# 2,000 sign-ups' welcome emails against a mail server taking 100 ms per message, beside the
+# arq reference (its own environment under .bench-env/arq, made with uv on first use).
+BENCH_IO_SIGN_UPS ?= 2000
+BENCH_IO_DELAY ?= 0.1
+bench-io: services
+	uv run python -m bench.io --sign-ups $(BENCH_IO_SIGN_UPS) --delay $(BENCH_IO_DELAY)
 
 bench-api: services
 	uv run python scripts/ensure_services.py --wrk

@@ -43,9 +43,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from bench.services import own_redis, url_of
-from shared.db import make_engine
 from shared.settings import DEV_API_TOKEN
-from tests.fixtures.postgres import create_migrated_database
+from tests.fixtures.postgres import create_migrated_database, drop_database, engine_on
 from tests.fixtures.processes import Proc, Processes
 
 PRODUCT_DATABASE = "backend_bench_api"
@@ -185,12 +184,8 @@ async def queue_length(side: Side) -> int:
 
 
 async def count(database: URL, query: str) -> int:
-    engine = make_engine("bench", url=database)
-    try:
-        async with engine.connect() as conn:
-            return int(await conn.scalar(text(query)) or 0)
-    finally:
-        await engine.dispose()
+    async with engine_on(database, "bench") as engine, engine.connect() as conn:
+        return int(await conn.scalar(text(query)) or 0)
 
 
 UNPUBLISHED = "SELECT count(*) FROM task_runs WHERE published_at IS NULL"
@@ -373,7 +368,11 @@ def main(argv: list[str] | None = None) -> None:
             load = f"1-min load average {before:.2f} before, {os.getloadavg()[0]:.2f} after"
         finally:
             processes.stop_all()
-        lines = report(plan, product, naive, rounds, load)
+        try:
+            lines = report(plan, product, naive, rounds, load)
+        finally:
+            for url in urls.values():  # no run leaves its databases behind
+                asyncio.run(drop_database(url, "bench"))
     print("\n".join(lines))
 
 

@@ -33,8 +33,12 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL
 
 from bench.services import url_of
-from shared.db import make_engine
-from tests.fixtures.postgres import create_migrated_database, drop_database, recreate_database
+from tests.fixtures.postgres import (
+    create_migrated_database,
+    drop_database,
+    engine_on,
+    recreate_database,
+)
 
 COPY = "backend_bench_copy"
 REPO = Path(__file__).resolve().parents[1]
@@ -109,36 +113,25 @@ class Side:
 
 
 async def autocommit(url: URL, statement: str) -> None:
-    engine = make_engine("bench", url=url)
-    try:
-        async with engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.execute(text(statement))
-    finally:
-        await engine.dispose()
+    async with engine_on(url, "bench") as engine, engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text(statement))
 
 
 async def fill(url: URL, job: Job, rows: int) -> float:
     start = time.perf_counter()
-    engine = make_engine("bench", url=url)
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text(job.seed), {"n": rows})
-    finally:
-        await engine.dispose()
+    async with engine_on(url, "bench") as engine, engine.begin() as conn:
+        await conn.execute(text(job.seed), {"n": rows})
     await autocommit(url, f"VACUUM ANALYZE {job.table}")
     return time.perf_counter() - start
 
 
 async def plain_sql(url: URL, statement: str) -> Side:
-    engine = make_engine("bench", url=url)
-    try:
+    async with engine_on(url, "bench") as engine:
         start = time.perf_counter()
         async with engine.begin() as conn:
             rows = (await conn.execute(text(statement))).rowcount
         return Side(time.perf_counter() - start, rows)
-    finally:
-        await engine.dispose()
 
 
 def task(url: URL, job: Job) -> Side:

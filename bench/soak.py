@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import statistics
 import sys
@@ -40,7 +41,7 @@ from shared.db import make_engine
 from shared.models import TaskRun, TaskState, User
 from tests.fixtures.api import CLIENT
 from tests.fixtures.ports import free_port
-from tests.fixtures.postgres import create_migrated_database
+from tests.fixtures.postgres import create_migrated_database, drop_database
 from tests.fixtures.processes import Proc, Processes
 from tests.fixtures.smtp import Mailbox
 
@@ -87,7 +88,7 @@ class Soak:
     def __init__(self, minutes: float, rate: float, work: Path) -> None:
         self.seconds = minutes * 60
         self.rate = rate
-        # REDIS_URL is set in start(), once the soak's own Redis runs.
+        # REDIS_URL is set in start(), by own_redis(): the soak restarts that Redis.
         self.procs = Processes(work, DATABASE, redis_url="")
         self.mailbox = Mailbox(port=free_port())
         self.figures = Figures()
@@ -97,9 +98,8 @@ class Soak:
 
     def start(self) -> str:
         create_migrated_database(DATABASE, "bench")
-        _, self.redis_port = self.procs.redis_server()
+        self.redis_port = self.procs.own_redis()
         self.procs.env.update(
-            REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",
             SMTP_HOST="127.0.0.1",
             SMTP_PORT=str(self.mailbox.port),
             **STACK_ENV,
@@ -254,7 +254,11 @@ async def run(minutes: float, rate: float) -> int:
         soak.procs.stop_all()
         controller.stop()
         await engine.dispose()
-    return report(soak, users, loaded_for, drained_in, left, work)
+        await drop_database(DATABASE, "bench")
+    status = report(soak, users, loaded_for, drained_in, left, work)
+    if status == 0:  # the processes' logs are kept only when a check failed
+        shutil.rmtree(work, ignore_errors=True)
+    return status
 
 
 def report(
@@ -274,7 +278,7 @@ def report(
         "duplicates within the kills' in-flight bound": twice <= allowed_twice,
         "no run QUEUED/STARTED/RETRYING after the drain": left == 0,
     }
-    print(f"soak: {loaded_for / 60:.1f} min at {soak.rate:g} sign-ups/s (logs in {work})")
+    print(f"soak: {loaded_for / 60:.1f} min at {soak.rate:g} sign-ups/s (logs: {work})")
     print(f"  requests sent               {sum(f.answered.values()) + len(f.failures)}")
     print(f"  answers                     {dict(sorted(f.answered.items()))}")
     print(f"  transport failures          {len(f.failures)} {f.failures[:3]}")

@@ -1,7 +1,9 @@
 """How fast does the worker drain recorded database tasks, next to bare Celery tasks?
 
-One prefork worker (`celery -A bench.tasks worker -P prefork -c 2`, the same flags throughout)
-drains, in alternating rounds (a b a b ...) so that machine noise falls on both kinds alike:
+Two workers, one after the other, each with production's flags: the prefork kind
+(`-P prefork -c 2`) and the concurrent kind (`-P threads -c 100`, worker.kinds.CONCURRENT: many
+runs in flight on one event loop per process). Each drains, in alternating rounds (a b a b ...)
+so that machine noise falls on both kinds of task alike:
 
 (a) `bench.noop`, a bare task: the ceiling set by Celery, Redis and this machine;
 (b) `bench.touch_user`, shaped like `send_welcome_email` without SMTP: `run_recorded` claims the
@@ -9,13 +11,15 @@ drains, in alternating rounds (a b a b ...) so that machine noise falls on both 
     through `get_task_session()` on the child's loop and pooled engine.
 
 Then, for context, a smaller batch of
-(c) `bench.touch_user_asyncio_run`: the same run under `asyncio.run()`, which gives every
-    session a connection of its own (the slow path the runtime exists to avoid).
+(c) `bench.touch_user_asyncio_run`: the same core written the original standard's way,
+    `asyncio.run()` around `get_task_session()`, which gives every task a connection of its
+    own (the slow path the runtime exists to avoid); it records no run.
 
 Messages are published in pipelined batches with shared.broker.Broker. Every task's last action
 is one Redis INCR; a round's time runs from its first publish until the counter reaches the
-round's size. Prints the rates, the ratio b/a (target >= 0.8), and each worker child's RSS
-after every 10,000 tasks (target: flat, under 150 MB).
+round's size. Prints, per worker, the rates, the ratio b/a (target >= 0.8), and each worker
+process's RSS after every 10,000 tasks (target: flat, under 150 MB); then (b) on the concurrent
+worker beside (b) on the prefork one (target: not slower).
 """
 
 from __future__ import annotations
@@ -39,9 +43,9 @@ from sqlalchemy.engine import URL
 from bench.services import own_redis, url_of
 from bench.tasks import COUNTER_KEY, NOOP, TOUCH_USER, TOUCH_USER_ASYNCIO_RUN
 from shared.broker import Broker, TaskMessage
-from shared.db import make_engine
-from tests.fixtures.postgres import create_migrated_database
+from tests.fixtures.postgres import create_migrated_database, drop_database, engine_on
 from tests.fixtures.processes import Proc, Processes
+from worker.kinds import CONCURRENT
 
 DATABASE = "backend_bench_worker"
 CONCURRENCY = 2
@@ -80,11 +84,25 @@ class Kind:
 QUEUE = "default"  # the production app's own queue, on the benchmark's own Redis
 
 
-def start_worker(processes: Processes, synchronous_commit: str) -> Proc:
+@dataclass(frozen=True)
+class WorkerSetup:
+    label: str
+    pool: str
+    concurrency: int
+
+
+WORKERS = (
+    WorkerSetup("prefork worker", "prefork", CONCURRENCY),
+    WorkerSetup("concurrent worker", CONCURRENT.pool, CONCURRENT.concurrency),
+)
+
+
+def start_worker(processes: Processes, setup: WorkerSetup, synchronous_commit: str) -> Proc:
     """The worker as tests start it (production's flags, tests/fixtures/processes.py)."""
     return processes.worker(
         app="bench.tasks",
-        concurrency=CONCURRENCY,
+        pool=setup.pool,
+        concurrency=setup.concurrency,
         # Production's default is off (see the README); on shows what WAL flushes cost.
         WORKER_SYNCHRONOUS_COMMIT="true" if synchronous_commit == "on" else "false",
         ENVIRONMENT="development",
@@ -93,8 +111,10 @@ def start_worker(processes: Processes, synchronous_commit: str) -> Proc:
 
 
 def children_rss_mb(worker: Proc) -> dict[int, float]:
-    children = psutil.Process(worker.popen.pid).children()
-    return {child.pid: child.memory_info().rss / MB for child in children}
+    """Each prefork child's RSS; the one process of a threads-pool worker."""
+    main = psutil.Process(worker.popen.pid)
+    members = main.children() or [main]
+    return {member.pid: member.memory_info().rss / MB for member in members}
 
 
 class Producer:
@@ -132,8 +152,7 @@ class Producer:
 
 
 async def seed_users(database: URL, count: int) -> None:
-    engine = make_engine("bench", url=database)
-    try:
+    async with engine_on(database, "bench") as engine:
         async with engine.begin() as conn:
             await conn.execute(
                 text(
@@ -145,28 +164,29 @@ async def seed_users(database: URL, count: int) -> None:
         async with engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             await conn.execute(text("VACUUM ANALYZE users"))
-    finally:
-        await engine.dispose()
+
+
+async def reset_users(database: URL) -> None:
+    """The next worker starts from the same rows: no user stamped, no run recorded."""
+    async with engine_on(database, "bench") as engine, engine.begin() as conn:
+        await conn.execute(text("UPDATE users SET welcome_email_sent_at = NULL"))
+        await conn.execute(text("DELETE FROM task_runs"))
 
 
 async def check_effects(database: URL) -> str:
-    """The (b) and (c) runs really happened: their rows are SUCCEEDED and their users stamped."""
-    engine = make_engine("bench", url=database)
-    try:
-        async with engine.connect() as conn:
-            runs = (
-                await conn.execute(
-                    text(
-                        "SELECT name, count(*) FROM task_runs WHERE state = 'SUCCEEDED' "
-                        "GROUP BY name ORDER BY name"
-                    )
+    """The runs really happened: (b) rows SUCCEEDED, and the users (b) and (c) stamped."""
+    async with engine_on(database, "bench") as engine, engine.connect() as conn:
+        runs = (
+            await conn.execute(
+                text(
+                    "SELECT name, count(*) FROM task_runs WHERE state = 'SUCCEEDED' "
+                    "GROUP BY name ORDER BY name"
                 )
-            ).all()
-            stamped = await conn.scalar(
-                text("SELECT count(*) FROM users WHERE welcome_email_sent_at IS NOT NULL")
             )
-    finally:
-        await engine.dispose()
+        ).all()
+        stamped = await conn.scalar(
+            text("SELECT count(*) FROM users WHERE welcome_email_sent_at IS NOT NULL")
+        )
     succeeded = ", ".join(f"{count:,} {name}" for name, count in runs)
     return f"SUCCEEDED runs: {succeeded}; users stamped: {stamped:,}"
 
@@ -176,7 +196,10 @@ def format_rss(label: str, rss: dict[int, float]) -> str:
     return f"  {label:<28}{children}"
 
 
-async def measure(plan: Plan, worker: Proc, database: URL, redis_url: str) -> list[str]:
+async def measure(
+    plan: Plan, setup: WorkerSetup, worker: Proc, database: URL, redis_url: str
+) -> tuple[list[str], float]:
+    """The report of one worker, and its (b) rate."""
     redis: Redis = Redis.from_url(redis_url)
     producer = Producer(redis, worker)
     bare = Kind("(a) bare Celery task", NOOP)
@@ -198,11 +221,17 @@ async def measure(plan: Plan, worker: Proc, database: URL, redis_url: str) -> li
         await producer.run(slow, plan.slow_tasks)
     finally:
         await redis.aclose()
-    return [*report(plan, bare, recorded, slow, rss), await check_effects(database)]
+    lines = report(plan, setup, bare, recorded, slow, rss)
+    return [*lines, await check_effects(database)], recorded.rate
 
 
 def report(
-    plan: Plan, bare: Kind, recorded: Kind, slow: Kind, rss: list[tuple[str, dict[int, float]]]
+    plan: Plan,
+    setup: WorkerSetup,
+    bare: Kind,
+    recorded: Kind,
+    slow: Kind,
+    rss: list[tuple[str, dict[int, float]]],
 ) -> list[str]:
     ratio = recorded.rate / bare.rate
     per_round = [b / r for b, r in zip(bare.seconds, recorded.seconds, strict=True)]
@@ -211,7 +240,8 @@ def report(
         rss[-1][1].get(pid, mb) - mb for pid, mb in rss[0][1].items()
     )  # per child, warm-up to the end
     lines = [
-        f"{CONCURRENCY} prefork children; {plan.tasks:,} tasks of (a) and of (b) in rounds of "
+        f"{setup.label} (-P {setup.pool} -c {setup.concurrency}); "
+        f"{plan.tasks:,} tasks of (a) and of (b) in rounds of "
         f"{plan.round_size:,}, alternating; {plan.slow_tasks:,} of (c); "
         f"worker synchronous_commit = {plan.synchronous_commit}.",
         "Every task ends with one Redis INCR; a round is timed from its first publish until "
@@ -230,9 +260,9 @@ def report(
         f"{'met' if ratio >= 0.8 else 'MISSED'}",
         f"pooled runtime vs asyncio.run + NullPool: b/c = {recorded.rate / slow.rate:.1f}x",
         "",
-        "worker children RSS (MB):",
+        "worker processes' RSS (MB):",
         *(format_rss(label, snapshot) for label, snapshot in rss),
-        f"peak {peak:.1f} MB, growth per child from warm-up to end at most {growth:+.1f} MB; "
+        f"peak {peak:.1f} MB, growth per process from warm-up to end at most {growth:+.1f} MB; "
         f"target < 150 MB and flat: {'met' if peak < 150 and growth < 5 else 'MISSED'}",
     ]
     return lines
@@ -260,17 +290,32 @@ def parse_plan(argv: list[str] | None) -> Plan:
 def main(argv: list[str] | None = None) -> None:
     plan = parse_plan(argv)
     database = create_migrated_database(url_of(DATABASE), "bench")
-    asyncio.run(seed_users(database, plan.users))
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp,
-        own_redis(Path(tmp)) as redis_url,
-    ):
-        processes = Processes(Path(tmp), database, redis_url)
-        try:
-            worker = start_worker(processes, plan.synchronous_commit)
-            lines = asyncio.run(measure(plan, worker, database, redis_url))
-        finally:
-            processes.stop_all()
+    try:
+        asyncio.run(seed_users(database, plan.users))
+        lines: list[str] = []
+        rates: list[float] = []
+        for setup in WORKERS:
+            with (
+                tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp,
+                own_redis(Path(tmp)) as redis_url,
+            ):
+                processes = Processes(Path(tmp), database, redis_url)
+                try:
+                    worker = start_worker(processes, setup, plan.synchronous_commit)
+                    found, rate = asyncio.run(measure(plan, setup, worker, database, redis_url))
+                finally:
+                    processes.stop_all()
+            lines += [*found, ""]
+            rates.append(rate)
+            asyncio.run(reset_users(database))
+        prefork, concurrent = rates
+        lines.append(
+            f"(b) on the concurrent worker: {concurrent:.1f} tasks/s, on the prefork worker: "
+            f"{prefork:.1f} tasks/s ({concurrent / prefork:.2f}x); target: not slower: "
+            f"{'met' if concurrent >= prefork else 'MISSED'}"
+        )
+    finally:
+        asyncio.run(drop_database(database, "bench"))  # no run leaves its database behind
     print("\n".join(lines))
 
 

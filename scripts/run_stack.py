@@ -25,11 +25,13 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import IO
 
 from shared.settings import settings
 from worker.kinds import CONCURRENT, KINDS, PREFORK, WorkerKind
+from worker.probe import BEAT_HEARTBEAT, heartbeat_file, ready_file
 
 GRACE_SECONDS = 7.0
 COLORS = {"api": 36, CONCURRENT.name: 33, PREFORK.name: 34, "beat": 35, "smtp": 32}
@@ -143,6 +145,17 @@ def supervise(stopping: threading.Event, worker_envs: dict[str, dict[str, str]])
     finally:
         print("[run] stopping", flush=True)
         stop(children)
+        forget_probe_files()
+
+
+def forget_probe_files() -> None:
+    """The heartbeat and ready files of the workers and beat this stack ran, once they stopped:
+    a stopped stack leaves nothing in HEARTBEAT_DIR (by default the temporary directory)."""
+    names = [BEAT_HEARTBEAT]
+    for kind in KINDS:
+        names += [heartbeat_file(kind.name), ready_file(kind.name)]
+    for name in names:
+        (Path(settings.heartbeat_dir) / name).unlink(missing_ok=True)
 
 
 def announce() -> None:

@@ -41,7 +41,7 @@ async def test_the_request_id_follows_the_work_into_the_worker_log_also_through_
         OUTBOX_GRACE_SECONDS="1",
     )
     api, base = processes.api()
-    worker = processes.worker()
+    worker = processes.worker(pool="threads")  # the kind that runs emails and the relay
     async with httpx.AsyncClient(base_url=base, headers=CLIENT) as http:
         direct = await http.post(
             "/users",
@@ -89,7 +89,7 @@ async def test_the_request_id_follows_the_work_into_the_worker_log_also_through_
 
 
 async def test_worker_and_beat_metrics_move(processes: Processes, e2e_redis: Redis) -> None:
-    worker = processes.worker()
+    worker = processes.worker(pool="threads")  # the per-task metrics of the concurrent runtime
     count = 7
     messages = [
         TaskMessage(uuid.uuid4(), PRUNE_LOGS.name, {"days": 30}, "maintenance")

@@ -14,12 +14,17 @@ import psutil
 
 from tests.fixtures.api import ADMIN, CLIENT
 from tests.fixtures.ports import free_port
-from tests.fixtures.processes import FAST_RELAY, Proc, Processes, run_probe
+from tests.fixtures.processes import FAST_RELAY, Proc, Processes, answers, run_probe
 from tests.fixtures.smtp import Mailbox, smtp_env
 from tests.fixtures.waiting import wait_until
 from worker.kinds import CONCURRENT, KINDS, PREFORK
 
 STARTUP_SECONDS = 60
+# What start_stack gives each stack a value of its own for (SMTP_PORT: the two-stack test).
+SECOND_STACK_SETTINGS = (
+    "API_PORT", "WORKER_METRICS_PORT", "PREFORK_METRICS_PORT", "BEAT_METRICS_PORT",
+    "HEARTBEAT_DIR", "SMTP_PORT",
+)  # fmt: skip
 
 
 @dataclass
@@ -68,11 +73,9 @@ def start_stack(processes: Processes, tmp_path: Path, label: str, **env: str) ->
     heartbeat_dir, temp_dir = tmp_path / f"{label}-heartbeats", tmp_path / f"{label}-tmp"
     heartbeat_dir.mkdir()
     temp_dir.mkdir()
+    # SMTP_PORT is the caller's: a mail server of the test's, or a sink of the stack's own.
     ports = {
-        "API_PORT": free_port(),
-        "WORKER_METRICS_PORT": free_port(),
-        "PREFORK_METRICS_PORT": free_port(),
-        "BEAT_METRICS_PORT": free_port(),
+        s: free_port() for s in SECOND_STACK_SETTINGS if s.endswith("_PORT") and s != "SMTP_PORT"
     }
     proc = processes.start(
         label,
@@ -94,16 +97,9 @@ def start_stack(processes: Processes, tmp_path: Path, label: str, **env: str) ->
         },
     )
     proc.wait_for_output("[run] API", STARTUP_SECONDS)
-    wait_until(lambda: _answers(f"{stack.base}/healthz"), STARTUP_SECONDS, "the API")
+    wait_until(lambda: answers(f"{stack.base}/healthz"), STARTUP_SECONDS, "the API")
     wait_until(stack.all_ready, STARTUP_SECONDS, f"both workers of {label} to be ready")
     return stack
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def interrupt(stack: Stack) -> list[psutil.Process]:
@@ -159,6 +155,8 @@ def test_make_run_routes_each_queue_to_its_kind_and_ctrl_c_stops_everything(
     _, alive = psutil.wait_procs(started, timeout=5)
     assert not alive, f"left running after Ctrl-C: {alive}"
     assert not run_folder.exists(), "the temporary folder outlived the stack"
+    assert list(stack.temp_dir.iterdir()) == [], "the stack left files in TMPDIR"
+    assert list(stack.heartbeat_dir.iterdir()) == [], "the stack left its probes' files"
     for kind in KINDS:
         assert stack.probe(kind.name, "--ready") == 1, f"{kind.name} still reports ready"
 
@@ -189,4 +187,12 @@ def test_two_stacks_side_by_side_each_probe_reports_its_own_workers(
         assert first.probe(kind.name, "--ready") == 1, f"stopped {kind.name} still ready"
         assert second.probe(kind.name, "--ready") == 0, f"the other stack's {kind.name} is down"
     assert second.proc.popen.poll() is None
-    assert _answers(f"{second.base}/healthz")
+    assert answers(f"{second.base}/healthz")
+
+
+def test_the_readme_names_every_setting_a_second_stack_changes() -> None:
+    """What the side-by-side test changes for its second stack, the README tells users to."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Two stacks on one machine", 1)[1].split("\n## ", 1)[0]
+    for setting in (*SECOND_STACK_SETTINGS, "REDIS_URL", "DATABASE_URL"):
+        assert f"`{setting}`" in section, setting

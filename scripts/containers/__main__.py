@@ -14,9 +14,12 @@ import os
 import signal
 import sys
 import time
+from contextlib import ExitStack
 
 from scripts.containers.build import build_images
+from scripts.containers.compose import StandinBuild, compose_check
 from scripts.containers.engine import EngineUnavailable, docker_engine, say
+from scripts.containers.smoke import smoke_test
 
 
 def main() -> int:
@@ -27,16 +30,16 @@ def main() -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     started = time.monotonic()
     try:
-        with docker_engine() as engine:
+        with docker_engine() as engine, ExitStack() as stack:
             images = build_images(engine)
-            if command in ("smoke", "check"):
-                from scripts.containers.smoke import smoke_test
-
-                smoke_test(engine, images)
+            standins = None
             if command in ("compose", "check"):
-                from scripts.containers.compose import compose_check
-
-                compose_check(engine, images)
+                standins = StandinBuild(engine, images)
+                stack.callback(standins.stop)
+            if command in ("smoke", "check"):
+                smoke_test(engine, images)
+            if standins is not None:
+                compose_check(engine, standins)
     except EngineUnavailable as error:
         required = os.environ.get("CI", "").lower() == "true"
         say(f"NOT RUN: the container checks need a Docker engine: {error}")

@@ -30,8 +30,12 @@ class EngineUnavailable(RuntimeError):
     """No engine answers and none can be started here (not root, or no package)."""
 
 
+STARTED = time.monotonic()
+
+
 def say(message: str) -> None:
-    print(f"[images] {message}", flush=True)
+    """A progress line with the seconds since start: where a cold run spends its time."""
+    print(f"[images {time.monotonic() - STARTED:4.0f}s] {message}", flush=True)
 
 
 def cache_dir() -> Path:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -98,7 +99,9 @@ def python_standin(engine: Engine) -> str:
 def _debootstrap(tarball: Path) -> None:
     if shutil.which("debootstrap") is None:
         say("installing debootstrap with apt-get")
-        subprocess.run(["apt-get", "install", "-y", "-qq", "debootstrap"], check=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "debootstrap"], check=True, env=env)
     tarball.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="backend-rootfs-"))
     rootfs = work / "rootfs"

@@ -1,3 +1,4 @@
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -7,9 +8,11 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.errors import SEND_JSON
-from shared.beat import SCHEDULE_KEY
+from shared.beat import LAST_SENT_KEY, SCHEDULE_KEY
 from shared.contracts import CONTRACTS, PRUNE_LOGS, RELAY_OUTBOX, SEND_WELCOME_EMAIL, Queue
+from shared.cron import CronSchedule
 from shared.models import TaskRun, TaskState
+from shared.schedules import Cron, Every, effective_schedule
 from tests.fixtures.api import ADMIN, CLIENT, post_bytes
 from tests.fixtures.cursors import forged_cursor
 
@@ -127,33 +130,52 @@ async def test_list_runs_newest_first_with_filters_andforged_cursor(
     assert (await client.get("/tasks?cursor=WyJ4Il0=", headers=ADMIN)).status_code == 422
 
 
-async def test_schedules_are_read_from_beats_state_in_redis(
+async def test_schedules_come_from_the_code_and_beats_record_of_its_sends(
     client: AsyncClient, redis: Redis
 ) -> None:
-    # What celery-redbeat writes for an entry (see shared/beat.py).
-    await redis.zadd(SCHEDULE_KEY, {"redbeat:prune-logs": 1_900_000_000})
-    await redis.hset(
-        "redbeat:prune-logs",
-        mapping={
-            "definition": '{"name": "prune-logs", "task": "maintenance.prune_logs", "schedule":'
-            ' {"__type__": "crontab", "minute": "45", "hour": "3", "day_of_week": "*",'
-            ' "day_of_month": "*", "month_of_year": "*"}, "kwargs": {"days": 30}}',
-            "meta": '{"last_run_at": {"__type__": "datetime", "year": 2026, "month": 11,'
-            ' "day": 24, "hour": 3, "minute": 45, "second": 0, "microsecond": 5,'
-            ' "timezone": "UTC"}, "total_run_count": 1}',
-        },
-    )
+    # What redbeat leaves for an entry it has never sent (a due time estimated from the
+    # moment it wrote the entry): not what GET /schedules reports.
+    await redis.zadd(SCHEDULE_KEY, {"redbeat:deactivate-inactive-users": 1_900_000_000})
+    before = datetime.now(UTC)
     response = await client.get("/schedules", headers=ADMIN)
+    after = datetime.now(UTC)
     assert response.status_code == 200
-    assert response.json() == [
-        {
-            "name": "prune-logs",
-            "task": "maintenance.prune_logs",
-            "schedule": "45 3 * * *",
-            "next_run_at": "2030-03-17T17:46:40Z",
-            "last_run_at": "2026-11-24T03:45:00.000005Z",
-        }
-    ]
+    entries = {entry["name"]: entry for entry in response.json()}
+    periodic = {c.periodic.entry: c for c in CONTRACTS.values() if c.periodic is not None}
+    assert set(entries) == set(periodic)
+    for name, contract in periodic.items():
+        entry = entries[name]
+        assert entry["task"] == contract.name
+        assert entry["last_run_at"] is None  # never sent
+        schedule = effective_schedule(contract.periodic)  # type: ignore[arg-type]
+        assert entry["schedule"] == schedule.describe()
+        if isinstance(schedule, Cron):
+            cron = CronSchedule.parse(schedule.expression)
+            assert entry["next_run_at"] in {
+                _utc(cron.next_after(before)),
+                _utc(cron.next_after(after)),
+            }
+        else:
+            assert entry["next_run_at"] is None  # an interval counts from its first send
+    assert entries["deactivate-inactive-users"]["schedule"] == "15 3 * * *"
+
+    # Beat's record of what it really sent.
+    relay_sent = time.time() - 1
+    await redis.hset(
+        LAST_SENT_KEY,
+        mapping={"prune-logs": "1795491900.0", "outbox-relay": repr(relay_sent)},
+    )
+    entries = {e["name"]: e for e in (await client.get("/schedules", headers=ADMIN)).json()}
+    assert entries["prune-logs"]["last_run_at"] == "2026-11-24T03:45:00Z"
+    assert entries["deactivate-inactive-users"]["last_run_at"] is None
+    relay_next = datetime.fromisoformat(entries["outbox-relay"]["next_run_at"])
+    interval = effective_schedule(RELAY_OUTBOX.periodic)  # type: ignore[arg-type]
+    assert isinstance(interval, Every)
+    assert relay_next.timestamp() == pytest.approx(relay_sent + interval.seconds, abs=0.001)
+
+
+def _utc(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @pytest.mark.parametrize(

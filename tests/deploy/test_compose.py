@@ -230,3 +230,21 @@ def test_host_network_override_keeps_the_healthchecks_of_compose_yaml() -> None:
             assert merged[name]["healthcheck"]["test"][-1] == "--check"
         elif "healthcheck" in service:
             assert merged[name]["healthcheck"]["test"] == service["healthcheck"]["test"], name
+
+
+def test_the_smoke_test_runs_the_documented_commands_that_compose_runs(raw: dict[str, Any]) -> None:
+    """`make smoke-images` reads its commands from the table in docs/deploy.md: the same
+    commands (and WORKER_NAME) as compose.yaml, the api's being its image's command."""
+    from scripts.containers.smoke import documented_processes
+
+    documented = {process.name: process for process in documented_processes()}
+    assert {"api", "migrate", "beat"} <= set(documented)
+    assert documented["api"].argv == ["python", "-m", "api.serve"]
+    assert "command" not in raw["services"]["api"], "compose runs the api image's own command"
+    for name, process in documented.items():
+        if name == "api" or name not in raw["services"]:
+            continue
+        service = raw["services"][name]
+        assert service["command"] == process.argv, name
+        for key, value in process.env.items():
+            assert service["environment"][key] == value, f"{name} {key}"

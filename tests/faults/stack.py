@@ -15,12 +15,9 @@ from tests.fixtures.processes import Processes
 
 
 def own_redis(processes: Processes) -> tuple[Redis, int]:
-    """A redis-server for this test only (so the test may stop it), set for every process
-    started afterwards; returns a client of it and its port."""
-    _, port = processes.redis_server()
-    url = f"redis://127.0.0.1:{port}/0"
-    processes.env["REDIS_URL"] = url
-    return Redis.from_url(url), port
+    """Processes.own_redis, with a client of that server."""
+    port = processes.own_redis()
+    return Redis.from_url(processes.env["REDIS_URL"]), port
 
 
 async def users_without_email(engine: AsyncEngine) -> int:

@@ -19,6 +19,7 @@ from shared.contracts import PRUNE_LOGS, SEND_WELCOME_EMAIL, PruneLogsArgs, Send
 from shared.db import make_engine, make_sessionmaker
 from shared.models import TaskRun, User
 from shared.runs.enqueue import enqueue, insert_run, publish_on_commit
+from shared.runs.outbox import new_run
 from shared.users.service import _NEW_USER
 from tests.environment import TEST_DATABASE_URL
 from tests.fixtures.api import CLIENT
@@ -80,6 +81,21 @@ async def test_a_committed_run_is_published_after_the_commit_and_a_rolled_back_o
         assert len(publish.runs) == 1
     finally:
         await _delete_runs(committed, [kept.id])
+
+
+async def test_a_run_added_without_enqueue_is_published_too(
+    committed: AsyncEngine, published: tuple[async_sessionmaker[AsyncSession], Published]
+) -> None:
+    """A service that writes its run itself cannot forget to publish it."""
+    sessions, publish = published
+    run = new_run(PRUNE_LOGS, PruneLogsArgs(days=3))
+    async with sessions() as db:
+        db.add(run)
+        await db.commit()
+    try:
+        assert [r.id for r in publish.runs] == [run.id]
+    finally:
+        await _delete_runs(committed, [run.id])
 
 
 async def test_arguments_are_checked_against_the_contract(

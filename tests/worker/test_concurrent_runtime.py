@@ -9,11 +9,11 @@ import time
 import uuid
 
 from redis.asyncio import Redis
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.models import TaskState
 from tests.faults.stack import emails_per_address, own_redis, users_without_email
+from tests.fixtures.postgres import connections_of
 from tests.fixtures.processes import Processes
 from tests.fixtures.runs import publish, queue_welcome_runs, runs_by_id, unfinished_runs
 from tests.fixtures.smtp import Mailbox, SlowMailbox, smtp_env
@@ -28,17 +28,6 @@ SHORT_LIMITS = {
     "BROKER_VISIBILITY_TIMEOUT": "6",
     "SMTP_TIMEOUT": "3",
 }
-
-
-async def worker_connections(engine: AsyncEngine) -> int:
-    async with engine.connect() as conn:
-        count = await conn.scalar(
-            text(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE application_name = 'backend.worker' AND datname = current_database()"
-            )
-        )
-    return int(count or 0)
 
 
 async def all_succeeded(engine: AsyncEngine, run_ids: list[uuid.UUID]) -> bool:
@@ -64,7 +53,9 @@ async def test_200_runs_in_flight_hold_no_more_database_connections_than_the_poo
     async def sample() -> None:
         nonlocal peak_connections
         while True:
-            peak_connections = max(peak_connections, await worker_connections(e2e_engine))
+            peak_connections = max(
+                peak_connections, await connections_of(e2e_engine, "backend.worker")
+            )
             await asyncio.sleep(0.02)
 
     sampler = asyncio.create_task(sample())

@@ -1,4 +1,5 @@
-"""Retries, permanent failures and poison messages, in a real worker against real SMTP."""
+"""Retries, permanent failures and poison messages, in a real worker against real SMTP: the
+concurrent kind (`-P threads`), which runs the welcome emails in production."""
 
 import uuid
 from collections.abc import AsyncIterator
@@ -47,8 +48,8 @@ async def test_an_unreachable_mail_server_is_retried_until_it_answers(
     smtp_later: tuple[int, list[Controller]],
 ) -> None:  # fmt: skip
     port, started = smtp_later
-    processes.worker(SMTP_HOST="127.0.0.1", SMTP_PORT=str(port), TASK_MAX_RETRIES="50",
-                     TASK_RETRY_BACKOFF_MAX="1")  # fmt: skip
+    processes.worker(pool="threads", SMTP_HOST="127.0.0.1", SMTP_PORT=str(port),
+                     TASK_MAX_RETRIES="50", TASK_RETRY_BACKOFF_MAX="1")  # fmt: skip
     [user_id] = await insert_users(e2e_engine, "later@example.com")
     [run_id] = await publish(e2e_redis, SEND_WELCOME_EMAIL.name, user_id=user_id)
     retrying = await wait_for_state(e2e_engine, run_id, TaskState.RETRYING)
@@ -73,7 +74,7 @@ async def test_a_refused_recipient_fails_at_once_with_the_error_recorded(
     controller.start()
     try:
         processes.env.update(FAST_RETRIES)
-        processes.worker(SMTP_HOST="127.0.0.1", SMTP_PORT=str(port))
+        processes.worker(pool="threads", SMTP_HOST="127.0.0.1", SMTP_PORT=str(port))
         [user_id] = await insert_users(e2e_engine, "nobody@example.com")
         [run_id] = await publish(e2e_redis, SEND_WELCOME_EMAIL.name, user_id=user_id)
         failed = await wait_for_state(e2e_engine, run_id, TaskState.FAILED)
@@ -89,7 +90,7 @@ async def test_retries_are_bounded(
     processes: Processes, e2e_redis: Redis, e2e_engine: AsyncEngine
 ) -> None:
     processes.env.update(FAST_RETRIES)
-    processes.worker(SMTP_HOST="127.0.0.1", SMTP_PORT=str(free_port()))
+    processes.worker(pool="threads", SMTP_HOST="127.0.0.1", SMTP_PORT=str(free_port()))
     [user_id] = await insert_users(e2e_engine, "never@example.com")
     [run_id] = await publish(e2e_redis, SEND_WELCOME_EMAIL.name, user_id=user_id)
     failed = await wait_for_state(e2e_engine, run_id, TaskState.FAILED, timeout=60)
@@ -111,7 +112,7 @@ async def test_a_run_delivered_past_the_bound_is_failed_and_not_run(
                 attempts=settings.task_max_attempts,
             )
         )  # fmt: skip
-    processes.worker(app=PROBE_APP)
+    processes.worker(app=PROBE_APP, pool="threads")
     await Broker(e2e_redis, timeout=5).publish(
         [TaskMessage(run_id, SLOW_UPDATE.name, kwargs, "default")]
     )

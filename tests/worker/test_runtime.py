@@ -4,13 +4,15 @@ import os
 import signal
 from collections import defaultdict
 
+import pytest
 from redis.asyncio import Redis
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.broker import Broker, TaskMessage
 from shared.contracts import SEND_WELCOME_EMAIL
 from shared.models import TaskState, User
+from tests.fixtures.postgres import connections_of
 from tests.fixtures.processes import Processes
 from tests.fixtures.runs import publish, runs_by_id, wait_for_state
 from tests.fixtures.smtp import Mailbox
@@ -20,16 +22,8 @@ from tests.worker.probe_tasks import PROBE_APP, SLOW_UPDATE, reports
 
 LOOP_ERRORS = ("attached to a different loop", "another operation is in progress", "loop is closed")
 
-
-async def worker_connections(engine: AsyncEngine) -> int:
-    async with engine.connect() as conn:
-        count = await conn.scalar(
-            text(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE application_name = 'backend.worker' AND datname = current_database()"
-            )
-        )
-    return int(count or 0)
+# The prefork kind and the concurrent kind (many runs in flight on one loop).
+BOTH_POOLS = pytest.mark.parametrize("pool", ["prefork", "threads"])
 
 
 async def test_each_child_reuses_its_own_connections(
@@ -39,7 +33,7 @@ async def test_each_child_reuses_its_own_connections(
     worker = processes.worker(app=PROBE_APP, concurrency=2, WORKER_DB_POOL_SIZE=str(pool_size))
     await publish(e2e_redis, "tests.backend_pid", count=250)
     done = await reports(e2e_redis, 250)
-    peak_connections = await worker_connections(e2e_engine)
+    peak_connections = await connections_of(e2e_engine, "backend.worker")
 
     backends_by_process: dict[int, set[int]] = defaultdict(set)
     processes_by_backend: dict[int, set[int]] = defaultdict(set)
@@ -58,27 +52,30 @@ async def test_each_child_reuses_its_own_connections(
     assert not any(error in worker.output() for error in LOOP_ERRORS)
 
 
+@BOTH_POOLS
 async def test_the_asyncio_run_form_still_works_for_many_tasks(
-    processes: Processes, e2e_redis: Redis, e2e_engine: AsyncEngine
+    processes: Processes, e2e_redis: Redis, e2e_engine: AsyncEngine, pool: str
 ) -> None:
-    worker = processes.worker(app=PROBE_APP, concurrency=2)
+    worker = processes.worker(app=PROBE_APP, concurrency=2, pool=pool)
     await publish(e2e_redis, "tests.backend_pid_asyncio_run", count=60)
     done = await reports(e2e_redis, 60)
     assert len(done) == 60
     assert len({r["os_pid"] for r in done}) <= 2
-    assert await worker_connections(e2e_engine) == 0  # each closed with its loop
+    assert await connections_of(e2e_engine, "backend.worker") == 0  # each closed with its loop
     assert "Traceback" not in worker.output()
 
 
+@BOTH_POOLS
 async def test_welcome_email_arrives_once_even_when_enqueued_twice(
-    processes: Processes, e2e_redis: Redis, e2e_engine: AsyncEngine, smtp_server: Mailbox
+    processes: Processes, e2e_redis: Redis, e2e_engine: AsyncEngine, smtp_server: Mailbox, pool: str
 ) -> None:
+    """On the concurrent worker the three deliveries run at once: the claim keeps it to one."""
     [user_id] = await insert_users(e2e_engine, "ada@example.com")
     runs = await publish(e2e_redis, SEND_WELCOME_EMAIL.name, count=2, user_id=user_id)
     # The same run delivered twice, as at-least-once delivery allows.
     duplicate = TaskMessage(runs[0], SEND_WELCOME_EMAIL.name, {"user_id": user_id}, "default")
     await Broker(e2e_redis, timeout=5).publish([duplicate])
-    processes.worker(SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp_server.port))
+    processes.worker(pool=pool, SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp_server.port))
 
     async def all_succeeded() -> bool:
         states = await runs_by_id(e2e_engine, runs)

@@ -1,6 +1,7 @@
 """Publishes committed runs in the background, so no request waits for the broker.
 
-A request commits its rows, hands its runs to `submit`, and answers. The publisher sends them
+A request commits its rows and answers; the session's commit hook (shared.runs.enqueue,
+installed in api.main) has handed the runs it inserted to `submit`. The publisher sends them
 in batches (one Redis round trip, one UPDATE per batch). When the broker is down or slow, a
 batch is given up after PUBLISH_TIMEOUT and its rows stay unpublished: the relay sends them.
 If this process dies with runs still in memory, the relay sends those too.

@@ -1,31 +1,35 @@
-"""Beat's schedule state as celery-redbeat keeps it in Redis, read without redbeat or the worker.
+"""What GET /schedules says about beat's entries, computed without Celery or redbeat.
 
-The worker writes it (redbeat, with REDBEAT_KEY_PREFIX); the API reads it for GET /schedules.
-Layout: a sorted set `<prefix>:schedule` of entry keys scored by next due time (UTC epoch
-seconds), and per entry a hash whose `definition` and `meta` fields hold JSON.
+The entries and their schedules come from the code (each contract's `periodic`, with the
+overrides of `shared.schedules.effective_schedule`, as beat builds them), so the answer is the
+same whether a beat runs or not. Two things come from Redis:
+
+- when beat last really sent each entry: our own hash, LAST_SENT_KEY, which beat writes once the
+  broker has taken the message (worker.beat). redbeat's own `last_run_at` is no such record: it
+  is set when an entry is first written, before anything was sent, and rewritten just before a
+  send that may then fail.
+- nothing else: the next fire time is computed from the schedule (shared.cron for a crontab,
+  with Celery's meaning), not read from redbeat's sorted set, whose due time for a crontab is
+  an estimate made from that misleading `last_run_at`.
+
+REDBEAT_KEY_PREFIX is the prefix of redbeat's keys (worker.schedule configures redbeat with it).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import cast
 
 from redis.asyncio import Redis
 
+from shared.contracts import CONTRACTS
+from shared.cron import CronSchedule
+from shared.schedules import Cron, Every, Schedule, effective_schedule
+
 REDBEAT_KEY_PREFIX = "redbeat:"
 SCHEDULE_KEY = REDBEAT_KEY_PREFIX + ":schedule"
-# Our own record, beside redbeat's: entry name -> when beat last really sent it (UTC epoch
-# seconds). redbeat's `last_run_at` is no such record: it is set when an entry is first
-# written, before anything was sent, and rewritten before a send that may then fail.
-LAST_SENT_KEY = "beat:last_sent"
-
-
-async def read_last_sent(redis: Redis) -> dict[str, datetime]:
-    """When beat last sent each entry; an entry never sent is absent."""
-    raw = cast(dict[bytes, bytes], await redis.hgetall(LAST_SENT_KEY))
-    return {name.decode(): datetime.fromtimestamp(float(at), UTC) for name, at in raw.items()}
+LAST_SENT_KEY = "beat:last_sent"  # entry name -> UTC epoch seconds of beat's last real send
 
 
 @dataclass(frozen=True)
@@ -34,48 +38,48 @@ class ScheduleEntry:
     task: str
     schedule: str
     next_run_at: datetime | None
-    last_run_at: datetime | None
+    last_run_at: datetime | None  # when beat last sent it; None before the first send
 
 
-def _describe(schedule: dict[str, object]) -> str:
-    if schedule.get("__type__") == "crontab":
-        fields = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
-        return " ".join(str(schedule.get(f, "*")) for f in fields)
-    if schedule.get("__type__") == "interval":
-        return f"every {float(str(schedule.get('every'))):g}s"
-    return str(schedule.get("__type__", "unknown"))
+async def read_last_sent(redis: Redis) -> dict[str, datetime]:
+    """When beat last sent each entry; an entry never sent is absent."""
+    raw = cast(dict[bytes, bytes], await redis.hgetall(LAST_SENT_KEY))
+    return {name.decode(): datetime.fromtimestamp(float(at), UTC) for name, at in raw.items()}
 
 
-def _datetime(value: object) -> datetime | None:
-    if not isinstance(value, dict) or value.get("__type__") != "datetime":
+def next_fire(schedule: Schedule, now: datetime, last_sent: datetime | None) -> datetime | None:
+    """When `schedule` next falls due after `now`.
+
+    A crontab: its next matching minute after now (None if it never matches). An interval: one
+    interval after the last send, or now if that is past (an overdue entry goes out as soon as
+    a beat runs); None before the first send, which comes one interval after beat first writes
+    the entry.
+    """
+    if isinstance(schedule, Cron):
+        return CronSchedule.parse(schedule.expression).next_after(now)
+    assert isinstance(schedule, Every)
+    if last_sent is None:
         return None
-    zone = value.get("timezone")
-    tz = timezone(timedelta(seconds=float(zone))) if isinstance(zone, int | float) else UTC
-    parts = ("year", "month", "day", "hour", "minute", "second", "microsecond")
-    year, month, day, hour, minute, second, micro = (int(value.get(k, 0)) for k in parts)
-    moment = datetime(year, month, day, hour, minute, second, micro, tzinfo=tz)
-    return moment.astimezone(UTC)
+    return max(last_sent + timedelta(seconds=schedule.seconds), now)
 
 
-async def read_schedule(redis: Redis) -> list[ScheduleEntry]:
-    due = cast(list[tuple[bytes, float]], await redis.zrange(SCHEDULE_KEY, 0, -1, withscores=True))
-    pipe = redis.pipeline(transaction=False)
-    for key, _ in due:
-        pipe.hmget(key, ["definition", "meta"])
-    hashes = await pipe.execute()
+async def read_schedule(redis: Redis, now: datetime | None = None) -> list[ScheduleEntry]:
+    """Every beat entry, in the order of the contracts."""
+    moment = now or datetime.now(UTC)
+    last_sent = await read_last_sent(redis)
     entries: list[ScheduleEntry] = []
-    for (_, score), (definition_raw, meta_raw) in zip(due, hashes, strict=True):
-        if not definition_raw:
+    for contract in CONTRACTS.values():
+        if contract.periodic is None:
             continue
-        definition = json.loads(definition_raw)
-        meta = json.loads(meta_raw) if meta_raw else {}
+        schedule = effective_schedule(contract.periodic)
+        sent = last_sent.get(contract.periodic.entry)
         entries.append(
             ScheduleEntry(
-                name=str(definition.get("name")),
-                task=str(definition.get("task")),
-                schedule=_describe(definition.get("schedule") or {}),
-                next_run_at=datetime.fromtimestamp(score, UTC) if score >= 0 else None,
-                last_run_at=_datetime(meta.get("last_run_at")),
+                name=contract.periodic.entry,
+                task=contract.name,
+                schedule=schedule.describe(),
+                next_run_at=next_fire(schedule, moment, sent),
+                last_run_at=sent,
             )
         )
     return entries

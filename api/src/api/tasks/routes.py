@@ -141,7 +141,9 @@ def _run_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 @router.get("/schedules", responses=error_responses(401, 403))
 async def list_schedules(resources: AppResources, _: AdminToken) -> list[ScheduleOut]:
-    """The periodic entries as beat keeps them in Redis, with their next and last run (UTC)."""
+    """Beat's entries, with when each next falls due and when beat last sent it (UTC). The
+    schedule and the next time come from the code, so they hold with no beat running; the last
+    send is what beat recorded in Redis."""
     try:
         entries = await read_schedule(resources.redis)
     except (RedisError, OSError, TimeoutError):

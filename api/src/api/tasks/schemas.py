@@ -71,8 +71,16 @@ class TaskRunPage(BaseModel):
 
 
 class ScheduleOut(BaseModel):
-    name: str
+    name: str = Field(description="The beat entry")
     task: str
-    schedule: str = Field(description="A crontab expression (UTC) or an interval")
-    next_run_at: datetime | None
-    last_run_at: datetime | None
+    schedule: str = Field(
+        description="A crontab expression (UTC; when both day fields are restricted, a day "
+        "must match both, as in Celery) or an interval, `every 5s`"
+    )
+    next_run_at: datetime | None = Field(
+        description="When the schedule next falls due (UTC), computed from it. An interval "
+        "entry: one interval after its last send, or now if overdue; null before its first send"
+    )
+    last_run_at: datetime | None = Field(
+        description="When beat last sent it (UTC); null before the first send"
+    )

@@ -5,8 +5,10 @@ that transaction commits, by a hook on the session, with no code in the route.
     await db.commit()  # the row commits with the rest; then the hook hands the run to publish
 
 The API installs the hook on its sessions (`publish_on_commit`, in api.main) with the
-background publisher's `submit`, which never blocks the request. A run whose transaction rolls
-back is forgotten, never published. A session without the hook (a worker task, a script)
+background publisher's `submit`, which never blocks the request. The hook publishes every run
+the session flushed as a new object, so a service that adds a `TaskRun` itself (not through
+`enqueue`) is published too: no route or service can forget to publish. A run whose transaction
+rolls back is forgotten, never published. A session without the hook (a worker task, a script)
 still commits the row: the outbox relay publishes it after OUTBOX_GRACE_SECONDS.
 
 Statements that must write the run in the same statement as the row it refers to (POST /users:
@@ -48,8 +50,7 @@ def enqueue(
     the contract (a pydantic ValidationError when they do not fit). Published after commit."""
     validated = validate_args(contract, args)
     run = new_run(contract, validated, request_id=request_id, idempotency_key=idempotency_key)
-    db.add(run)
-    publish_after_commit(db, run)
+    db.add(run)  # published after the commit: the hook sees it flushed as a new row
     return run
 
 
@@ -66,8 +67,8 @@ def validate_args(
 
 
 def publish_after_commit(db: AsyncSession, run: TaskRun) -> None:
-    """Publish `run` once the session's transaction commits (a run written by a statement of
-    the caller's own: see `insert_run`)."""
+    """Publish `run` once the session's transaction commits: for a run written by a statement
+    of the caller's own (see `insert_run`), which the session does not see as an object."""
     pending: list[TaskRun] = db.info.setdefault(_PENDING, [])
     pending.append(run)
 
@@ -100,15 +101,24 @@ def publish_on_commit(sessions: async_sessionmaker[AsyncSession], publish: Publi
     """Every session `sessions` makes hands its enqueued runs to `publish` after it commits."""
     sessions.configure(info={_PUBLISH: publish})
     if not event.contains(Session, "after_commit", _after_commit):
+        event.listen(Session, "after_flush", _after_flush)
         event.listen(Session, "after_commit", _after_commit)
         event.listen(Session, "after_rollback", _after_rollback)
+
+
+def _after_flush(session: Session, _: object) -> None:
+    # Still the pre-flush state here: `session.new` holds what this flush inserted.
+    if _PUBLISH in session.info:
+        runs = [obj for obj in session.new if isinstance(obj, TaskRun)]
+        if runs:
+            session.info.setdefault(_PENDING, []).extend(runs)
 
 
 def _after_commit(session: Session) -> None:
     pending: list[TaskRun] | None = session.info.pop(_PENDING, None)
     publish: Publish | None = session.info.get(_PUBLISH)
     if pending and publish is not None:
-        publish(pending)
+        publish(list({run.id: run for run in pending}.values()))
 
 
 def _after_rollback(session: Session) -> None:

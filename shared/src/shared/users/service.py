@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from shared.contracts import SEND_WELCOME_EMAIL
+from shared.db import autocommit_statement
 from shared.models import TaskRun, User
 from shared.runs.enqueue import insert_run, publish_after_commit, validate_args
 from shared.runs.outbox import new_run
@@ -46,6 +47,10 @@ async def create_user(
     run_id = uuid.uuid4()
     params = {"email": email, "full_name": full_name, "run_id": run_id, "request_id": request_id}
     try:
+        # One statement writes both rows, atomic on its own: in autocommit it needs no BEGIN
+        # and no COMMIT round trip, which would hold the pooled connection longer. The run's
+        # arguments are the new id, which fits them whatever it is; checked all the same.
+        await autocommit_statement(db)
         user = (await db.scalars(_CREATE_WITH_WELCOME, params)).one()
         args = validate_args(SEND_WELCOME_EMAIL, {"user_id": user.id})
         welcome = new_run(SEND_WELCOME_EMAIL, args, request_id=request_id, id=run_id)
