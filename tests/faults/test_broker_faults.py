@@ -8,6 +8,7 @@ import signal
 import time
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -192,13 +193,17 @@ async def test_runs_lost_by_a_redis_restart_complete_after_the_repair_bound(
     await redis.aclose()
 
 
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
 async def test_a_run_cut_off_by_a_redis_restart_is_repaired_after_its_time_limit(
-    processes: Processes, e2e_engine: AsyncEngine
+    processes: Processes, e2e_engine: AsyncEngine, pool: str
 ) -> None:
+    """Celery cancels the running late-ack run when its broker connection goes: prefork kills
+    the child, the concurrent pool cancels the run's core on the loop; either way the attempt's
+    uncommitted effect is gone."""
     redis, port = own_redis(processes)
     processes.env.update(**FAST_RELAY, **SHORT_TIME_LIMITS)
     [user_id] = await insert_users(e2e_engine, *numbered_emails("cut", 1))
-    worker = processes.worker(app=PROBE_APP, concurrency=1)
+    worker = processes.worker(app=PROBE_APP, concurrency=1, pool=pool)
     beat = processes.beat()
     # Sent as beat sends: the claim creates the run's row, STARTED.
     [run_id] = await publish(redis, SLOW_UPDATE.name, user_id=user_id, seconds=2.5)
@@ -214,7 +219,7 @@ async def test_a_run_cut_off_by_a_redis_restart_is_repaired_after_its_time_limit
     await redis.aclose()
     restarted = revive(processes, beat, None, sends_before)
     if worker.popen.poll() is not None:
-        processes.worker(app=PROBE_APP, concurrency=1)
+        processes.worker(app=PROBE_APP, concurrency=1, pool=pool)
         restarted = "worker" if restarted == "nothing" else f"{restarted}, worker"
 
     async def succeeded() -> bool:

@@ -159,6 +159,7 @@ class ConcurrentPool(ThreadTaskPool):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._jobs: set[Job] = set()
+        self._results: dict[Job, CancellableResult] = {}
         self._jobs_lock = threading.Lock()
         self._stopping = threading.Event()
         self._watchdog: threading.Thread | None = None
@@ -186,7 +187,17 @@ class ConcurrentPool(ThreadTaskPool):
         future = self.executor.submit(
             self._run_job, job, target, args, kwargs, callback, accept_callback
         )
-        return CancellableResult(future, job)
+        result = CancellableResult(future, job)
+        # Celery keeps only a weak reference to the result: hold it while the job may run, or
+        # its `terminate` is gone by the time the broker connection drops.
+        with self._jobs_lock:
+            self._results[job] = result
+        future.add_done_callback(lambda _: self._forget(job))
+        return result
+
+    def _forget(self, job: Job) -> None:
+        with self._jobs_lock:
+            self._results.pop(job, None)
 
     def _run_job(self, job: Job, *args: Any) -> Any:
         job.started = time.monotonic()
