@@ -21,7 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.contracts import SEND_WELCOME_EMAIL
-from shared.models import TaskState, User
+from shared.models import TaskRun, TaskState, User
 from tests.faults.stack import emails_per_address, users_without_email
 from tests.fixtures.ports import free_port
 from tests.fixtures.processes import Proc, Processes
@@ -43,6 +43,8 @@ ONE_HOUR_LIMITS = {"TASK_SOFT_TIME_LIMIT": "3500", "TASK_TIME_LIMIT": "3600"}
 SHORT_TIMEOUT = 6
 SHORT = {"BROKER_VISIBILITY_TIMEOUT": str(SHORT_TIMEOUT)}
 USERS = 200
+# Runs of 1 s each, on a survivor of one child: the queue stays long for that many seconds.
+BUSY_RUNS = 30
 GONE_BEFORE_THE_END = 30  # runs left when the victim is killed or frozen
 
 
@@ -365,6 +367,56 @@ async def test_a_live_worker_keeps_a_long_run_even_with_its_main_process_stopped
     assert run.attempts == 1, "a live worker's run was delivered again"
     assert len(await started_pids(e2e_redis)) == 1
     assert await user_name(e2e_engine, user_id) == "live+"
+
+
+async def test_the_sweep_gives_a_dead_workers_runs_back_while_the_survivor_is_busy(
+    processes: Processes, e2e_engine: AsyncEngine, e2e_redis: Redis
+) -> None:
+    """Under load the survivor never polls an empty queue (it does not even ask for more while
+    its child is busy and its prefetch is full); kombu's sweep must run anyway, on its timer.
+    The victim's runs come back to the front of the queue and finish while it is still long."""
+    processes.env.update(SHORT)
+    processes.worker(app=PROBE_APP, concurrency=1)  # the survivor
+    victim = processes.worker(app=PROBE_APP, concurrency=1)
+    user_ids = await insert_users(e2e_engine, *numbered_emails("busy", BUSY_RUNS))
+    run_ids: list[uuid.UUID] = []
+    for user_id in user_ids:
+        run_ids += await publish(e2e_redis, SLOW_UPDATE.name, user_id=user_id, seconds=1)
+
+    async def victim_started_one() -> bool:
+        return any(os.getpgid(pid) == victim.popen.pid for pid in await started_pids(e2e_redis))
+
+    await eventually(victim_started_one, 30, "the victim to start a run")
+    killed_at = kill_whole_worker(victim)
+    victims = held_run_ids(await e2e_redis.hgetall("unacked")) - await finished(e2e_engine)
+    queued_when_it_died = await e2e_redis.llen("default")
+
+    async def victims_done() -> bool:
+        return await succeeded(e2e_engine, list(victims)) == len(victims)
+
+    await eventually(victims_done, 4 * SHORT_TIMEOUT + BUSY_RUNS, "the victim's runs")
+    recovered_in = time.monotonic() - killed_at
+    still_queued = await e2e_redis.llen("default")
+    print(
+        f"\nbusy survivor: the victim's {len(victims)} runs finished {recovered_in:.1f}s after "
+        f"the kill, with {still_queued} of {queued_when_it_died} messages still queued"
+    )
+    assert still_queued > 0, "the sweep waited for the survivor to run out of work"
+
+    async def all_done() -> bool:
+        return await succeeded(e2e_engine, run_ids) == BUSY_RUNS
+
+    await eventually(all_done, 2 * BUSY_RUNS + 30, "every run")
+    async with e2e_engine.connect() as conn:
+        names = set(await conn.scalars(select(User.full_name).where(User.id.in_(user_ids))))
+    assert names == {f"busy{i}+" for i in range(BUSY_RUNS)}, "each effect once"
+
+
+async def finished(engine: AsyncEngine) -> set[uuid.UUID]:
+    async with engine.connect() as conn:
+        return set(
+            await conn.scalars(select(TaskRun.id).where(TaskRun.state == TaskState.SUCCEEDED))
+        )
 
 
 async def test_a_retry_waiting_out_its_countdown_is_not_restored_and_multiplied(

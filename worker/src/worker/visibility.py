@@ -15,10 +15,10 @@ sweep of any other worker gives its messages back within the timeout plus one sw
 
 The renewal is a timer on the consumer's event loop in the worker's main process, like the
 heartbeat: it proves that the loop that receives, acks and supervises is alive, not just that
-the process exists. The price is a bound: a main process blocked for longer than the timeout
-minus one renewal interval loses its messages to the sweep (docs/operations.md states it;
-`BLOCKED_MAIN_PROCESS_BOUND`). The run fence (worker.recording) keeps such a duplicate from
-committing a second effect.
+the process exists. The price is a bound: a main process blocked for longer than
+`BLOCKED_MAIN_PROCESS_BOUND` (the timeout minus two renewal intervals: 20 s) may lose its
+messages to the sweep (docs/operations.md states it). The run fence (worker.recording) keeps
+such a duplicate from committing a second effect.
 
 Scores are the workers' wall clocks, compared by the sweeping worker's clock (kombu's choice):
 pods need clocks in step to well under RENEW_INTERVAL, which NTP gives.
