@@ -9,13 +9,20 @@ import time
 import uuid
 
 from redis.asyncio import Redis
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.models import TaskState
 from tests.faults.stack import emails_per_address, own_redis, users_without_email
 from tests.fixtures.postgres import connections_of
 from tests.fixtures.processes import Processes
-from tests.fixtures.runs import publish, queue_welcome_runs, runs_by_id, unfinished_runs
+from tests.fixtures.runs import (
+    publish,
+    queue_welcome_runs,
+    runs_by_id,
+    unfinished_runs,
+    wait_for_state,
+)
 from tests.fixtures.smtp import Mailbox, SlowMailbox, smtp_env
 from tests.fixtures.users import insert_users, numbered_emails
 from tests.fixtures.waiting import eventually, wait_until
@@ -200,3 +207,29 @@ async def test_sigterm_finishes_the_runs_in_flight_and_gives_back_the_rest(
     assert set(emails_per_address(slow_smtp_server.messages).values()) == {1}
     assert all(r.attempts == 1 for r in (await runs_by_id(e2e_engine, run_ids)).values())
     await redis.aclose()
+
+
+async def test_a_hung_smtp_exchange_is_bounded_by_smtp_timeout(
+    processes: Processes, e2e_redis: Redis, e2e_engine: AsyncEngine, slow_smtp_server: SlowMailbox
+) -> None:
+    slow_smtp_server.delay = 60  # the server takes the message and never answers
+    [user_id] = await insert_users(e2e_engine, "hung@example.com")
+    [run_id] = await queue_welcome_runs(e2e_engine, e2e_redis, [user_id])
+    processes.worker(
+        pool="threads",
+        concurrency=4,
+        SMTP_TIMEOUT="2",
+        TASK_MAX_RETRIES="0",
+        **smtp_env(slow_smtp_server),
+    )
+    run = await wait_for_state(e2e_engine, run_id, TaskState.FAILED, timeout=90)
+    assert run.started_at is not None
+    assert run.finished_at is not None
+    assert (run.finished_at - run.started_at).total_seconds() < 6
+    assert run.error is not None
+    assert "Timeout" in run.error.split(":")[0]
+    async with e2e_engine.connect() as conn:
+        claim = await conn.scalar(
+            text("SELECT welcome_email_claim FROM users WHERE id = :id"), {"id": user_id}
+        )
+    assert claim is None  # released, so a retry could claim it at once
