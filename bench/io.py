@@ -41,7 +41,7 @@ from shared.db import make_engine
 from shared.models import User
 from tests.fixtures.api import CLIENT
 from tests.fixtures.ports import free_port
-from tests.fixtures.postgres import create_migrated_database
+from tests.fixtures.postgres import create_migrated_database, drop_database
 from tests.fixtures.processes import Proc, Processes
 from worker.kinds import CONCURRENT
 
@@ -282,9 +282,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-reference", action="store_true", help="skip the arq reference")
     parser.add_argument("--keep", action="store_true", help="keep the processes' logs")
     args = parser.parse_args(argv)
-    parser_keep = args.keep
     with tempfile.TemporaryDirectory(prefix="bench-io-") as tmp:
-        work = Path(tempfile.mkdtemp(prefix="bench-io-")) if parser_keep else Path(tmp)
+        work = Path(tempfile.mkdtemp(prefix="bench-io-")) if args.keep else Path(tmp)
         create_migrated_database(DATABASE, "bench")
         procs = Processes(work, DATABASE, redis_url="")
         try:
@@ -321,8 +320,9 @@ def main(argv: list[str] | None = None) -> None:
             )
         finally:
             procs.stop_all()
+            asyncio.run(drop_database(DATABASE, "bench"))  # no run leaves its database behind
         print("\n".join(report(ours, reference, args.sign_ups, args.delay)), flush=True)
-        if parser_keep:
+        if args.keep:
             print(f"logs in {work}")
 
 
