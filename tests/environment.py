@@ -4,7 +4,8 @@ The suite touches nothing it does not own:
 
 - Redis: a redis-server of its own on a free port, started by the pytest process that loads
   this plugin first (the xdist controller, or pytest alone) and stopped when it ends. Its port
-  reaches the xdist workers in TESTS_OWN_REDIS_PORT, set before they start. Every index of that
+  reaches the xdist workers in TESTS_OWN_REDIS_PORT, its process id in TESTS_OWN_REDIS_PID, set
+  before they start; each worker checks that this very process answers. Every index of that
   server is the suite's, so tests may flush them; REDIS_URL is never used.
 - PostgreSQL (the server of DATABASE_URL): databases named `backend_test_<namespace>_<worker>`
   and below, dropped when the worker ends (tests/fixtures/database.py). The namespace is
@@ -26,6 +27,7 @@ import re
 from pathlib import Path
 
 import pytest
+from redis import Redis
 from sqlalchemy.engine import make_url
 
 from tests.fixtures.ports import free_port
@@ -33,6 +35,7 @@ from tests.fixtures.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
 OWN_REDIS_PORT = "TESTS_OWN_REDIS_PORT"
+OWN_REDIS_PID = "TESTS_OWN_REDIS_PID"
 REDIS_DATABASES = 64  # two per xdist worker, and index 0 left unused
 
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
@@ -79,8 +82,23 @@ _redis_server: RedisServer | None = None
 
 def pytest_configure(config: pytest.Config) -> None:
     global _redis_server
-    if STARTS_REDIS and _redis_server is None:
+    if not STARTS_REDIS:
+        refuse_a_redis_this_run_did_not_start()
+    elif _redis_server is None:
         _redis_server = RedisServer(REDIS_PORT, databases=REDIS_DATABASES)
+        # xdist workers, spawned after this, check that they talk to this very process.
+        os.environ[OWN_REDIS_PID] = str(_redis_server.popen.pid)
+
+
+def refuse_a_redis_this_run_did_not_start() -> None:
+    """Tests flush every index of the suite's Redis: a TESTS_OWN_REDIS_PORT naming any other
+    server (set by hand, or a port another server took) stops the run before any test."""
+    with Redis(host="127.0.0.1", port=REDIS_PORT, socket_connect_timeout=1) as client:
+        answering = int(client.info("server")["process_id"])
+    if str(answering) != os.environ.get(OWN_REDIS_PID):
+        raise pytest.UsageError(
+            f"{OWN_REDIS_PORT}={REDIS_PORT} is not a Redis this test run started; unset it"
+        )
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

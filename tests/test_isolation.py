@@ -77,7 +77,7 @@ def test_two_checkouts_test_side_by_side_and_leave_the_machine_as_it_was(tmp_pat
         env = {
             key: value
             for key, value in os.environ.items()
-            if key not in {"TESTS_OWN_REDIS_PORT", "TEST_NAMESPACE"}
+            if key not in {"TESTS_OWN_REDIS_PORT", "TESTS_OWN_REDIS_PID", "TEST_NAMESPACE"}
             and not key.startswith(("PYTEST_", "COV_"))
         }
         env.update(
