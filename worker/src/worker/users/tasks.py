@@ -15,11 +15,13 @@ from shared.contracts import (
     NoArgs,
     SendWelcomeEmailArgs,
 )
+from shared.db import autocommit_statement
 from shared.models import User
 from shared.settings import settings
 from shared.users.addresses import smtp_address
 from worker.decorator import task
 from worker.errors import ClaimHeld
+from worker.recording import write_with_success
 from worker.users import email
 
 log = logging.getLogger("worker.tasks")
@@ -65,14 +67,14 @@ _STAMP = (
 
 
 # commits: the claim commits before the send, so no connection is held while the mail server
-# answers; the stamp commits with SUCCEEDED.
+# answers; the stamp commits with SUCCEEDED, in the statement that records it.
 @task(SEND_WELCOME_EMAIL, commits=True)
 async def send_welcome_email(args: SendWelcomeEmailArgs, db: AsyncSession) -> bool:
     """Send the welcome email once; False when there is nothing to send.
 
-    No transaction stays open while the mail server answers: the run claims the user row in a
-    short transaction (committed), sends, then stamps the row in the run's own transaction, in
-    which the runtime records SUCCEEDED. Another run (or another delivery of this one) finds the
+    No transaction stays open while the mail server answers: the run claims the user row (one
+    autocommit statement), sends, then hands the stamp to the runtime, which writes it in the
+    statement that records SUCCEEDED. Another run (or another delivery of this one) finds the
     claim and retries later; a claim whose holder died expires after SMTP_TIMEOUT +
     CLAIM_MARGIN. A duplicate email is possible only if the worker dies between the SMTP
     server's acceptance and the commit of the stamp.
@@ -82,6 +84,7 @@ async def send_welcome_email(args: SendWelcomeEmailArgs, db: AsyncSession) -> bo
     hold = timedelta(seconds=settings.smtp_timeout) + CLAIM_MARGIN
     async with email.sender() as deliver:
         # The SMTP slot is ours before the claim starts counting: the claim covers the send only.
+        await autocommit_statement(db)
         claimed = (await db.execute(_CLAIM, {**params, "hold": hold})).one_or_none()
         await db.commit()  # the connection goes back to the pool until the stamp
         if claimed is None:
@@ -100,9 +103,10 @@ async def send_welcome_email(args: SendWelcomeEmailArgs, db: AsyncSession) -> bo
                 await db.execute(_RELEASE, params)
                 await db.commit()
             raise
-        connection = await db.connection()
-        if (await connection.execute(_STAMP, params)).rowcount != 1:
-            log.warning("welcome email sent after its claim expired and was taken over")
+        await write_with_success(
+            db, _STAMP, params,
+            unmatched="welcome email sent after its claim expired and was taken over",
+        )  # fmt: skip
         return True
 
 
