@@ -85,7 +85,8 @@ async def send_welcome_email(args: SendWelcomeEmailArgs, db: AsyncSession) -> bo
     async with email.sender() as deliver:
         # The SMTP slot is ours before the claim starts counting: the claim covers the send only.
         await autocommit_statement(db)
-        claimed = (await db.execute(_CLAIM, {**params, "hold": hold})).one_or_none()
+        connection = await db.connection()  # Core, not the ORM: no session state to synchronize
+        claimed = (await connection.execute(_CLAIM, {**params, "hold": hold})).one_or_none()
         await db.commit()  # the connection goes back to the pool until the stamp
         if claimed is None:
             user = (await db.execute(_SENT_OR_CLAIMED, params)).one_or_none()
