@@ -3,6 +3,7 @@
 import uuid
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
+from html import escape
 
 import pytest
 from aiosmtplib import SMTPNotSupported
@@ -39,6 +40,34 @@ async def test_welcome_email_is_sent_once_with_text_and_html(
     assert [part.get_content_type() for part in message.walk()][1:] == ["text/plain", "text/html"]
     await db.refresh(user)
     assert user.welcome_email_sent_at is not None
+
+
+@pytest.mark.parametrize("name", ["Ada Lovelace", "Zoë <b>&", "Line\r\nBreak", "&" * 200])
+async def test_the_welcome_email_reads_the_same_whatever_the_name(
+    db: AsyncSession, mail_to: Mailbox, name: str
+) -> None:
+    """The message is composed as bytes: any name comes back as it was given, in both parts
+    (a name that is not printable ASCII, or escaped past SMTP's line limit, travels in base64)."""
+    user = await add_user(db, full_name=name)
+    assert await send_welcome_email(SendWelcomeEmailArgs(user_id=user.id), db) is True
+    [received] = mail_to.to("grace@example.com")
+    message = message_from_bytes(received.as_bytes(), policy=policy.SMTP)
+    assert message.defects == []
+    text, html = (part.get_content() for part in message.walk() if not part.is_multipart())
+    assert text == f"Hello {name},\n\nyour account is ready. Welcome!\n"
+    assert html == f"<p>Hello {escape(name)},</p><p>your account is ready. Welcome!</p>\n"
+
+
+async def test_a_mail_from_outside_ascii_is_encoded(
+    db: AsyncSession, mail_to: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "mail_from", "Équipe <no-reply@example.com>")
+    user = await add_user(db)
+    assert await send_welcome_email(SendWelcomeEmailArgs(user_id=user.id), db) is True
+    [received] = mail_to.to("grace@example.com")
+    message = message_from_bytes(received.as_bytes(), policy=policy.SMTP)
+    assert message["From"] == "Équipe <no-reply@example.com>"
+    assert message["Subject"] == "Welcome aboard"
 
 
 async def test_welcome_email_for_an_unknown_user_returns_false(

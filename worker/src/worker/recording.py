@@ -63,6 +63,7 @@ from sqlalchemy.orm import Session
 
 from shared.broker import REQUEST_ID_HEADER
 from shared.contracts import ArgsT, ResultT, TaskContract
+from shared.db import autocommit_statement
 from shared.logs import log_context
 from shared.models import FINISHED_STATES, TaskRun, TaskState
 from shared.settings import settings
@@ -207,13 +208,19 @@ async def record_success(db: AsyncSession, run_id: uuid.UUID, attempt: int, resu
 
 
 async def _connection_for(db: AsyncSession) -> AsyncConnection:
-    if db.in_transaction():
-        return await db.connection()
-    return await db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    if not db.in_transaction():
+        await autocommit_statement(db)  # nothing uncommitted to commit with the record
+    return await db.connection()
 
 
 # Set in a run's Session.info: None until the core hands over its last write.
 _LAST_WRITE = "worker.last_write"
+
+
+def carry_last_write(db: AsyncSession) -> None:
+    """Make `db` a run's session: a last write handed over on it (`write_with_success`) waits
+    for `record_success`."""
+    db.info[_LAST_WRITE] = None
 
 
 @dataclass(frozen=True)
@@ -377,7 +384,7 @@ async def _run_claimed(
             # flight go on. The effect and SUCCEEDED commit together, or neither does.
             if not commits:
                 db.info[_NO_COMMIT] = run.name
-            db.info[_LAST_WRITE] = None
+            carry_last_write(db)
             async with limit:
                 value = await core(args, db)
             db.info.pop(_NO_COMMIT, None)
