@@ -196,3 +196,26 @@ def test_a_worker_of_two_queues_takes_from_the_one_with_messages(
     assert sorted(m.payload["n"] for m in received) == [*range(20), 100]
     # Not one empty wait per message on the idle queue: a backlog drains at fetch speed.
     assert elapsed < 20 * 0.1
+
+
+def test_a_thawed_workers_ack_leaves_the_next_holders_record_alone(
+    connect: Callable[..., Connection],
+) -> None:
+    frozen_connection, next_connection = connect(), connect()
+    frozen, first = consuming(frozen_connection, QUEUE)
+    publish(connect(), {"n": 1})
+    frozen_connection.drain_events(timeout=5)
+    # Frozen past the timeout: its record ages, and a sweep gives the message back.
+    with frozen.conn_or_acquire() as client:
+        client.zadd(frozen.unacked_index_key, {first[0].delivery_tag: time.time() - 2 * TIMEOUT})
+    frozen.qos.restore_visible(num=None, interval=1)
+    holder, second = consuming(next_connection, QUEUE)
+    next_connection.drain_events(timeout=5)
+
+    [old], [new] = first, second
+    assert new.payload == old.payload == {"n": 1}
+    assert new.delivery_tag != old.delivery_tag
+    old.ack()  # thawed
+    assert keys_of(holder)["unacked"] == 1
+    new.ack()
+    assert keys_of(holder) == {"queued": 0, "landing": 0, "unacked": 0}

@@ -46,15 +46,21 @@ from redis.commands.core import Script
 # separator (`\x06\x16`) around a word no queue name holds: RECLAIM finds the queue by it.
 LANDING_MARK = "\x06\x16landing\x06\x16"
 LANDING_INDEX_KEY = "landing_index"
+DELIVERY_COUNTER_KEY = "delivery_counter"
 # A worker of several queues waits this long on each in turn: a message on the other queue
 # waits at most this long per queue before its turn comes.
 MULTI_QUEUE_WAIT = 0.1
 
-# KEYS: landing list, unacked hash, unacked index, landing index. ARGV: now.
-# Every message on the landing list goes into the unacked hash as `[message, exchange, routing
-# key]` and into the index scored `now`, as kombu's QoS.append writes them; the list is marked
-# alive. A message that is not kombu's JSON envelope is returned as it is, for the consumer to
-# reject as kombu would (nothing could ack it).
+# KEYS: landing list, unacked hash, unacked index, landing index, delivery counter. ARGV: now.
+# Every message on the landing list gets a delivery tag of its own (the message's first tag,
+# `#`, a counter), goes into the unacked hash as `[message, exchange, routing key]` and into the
+# index scored `now`, as kombu's QoS.append writes them; the list is marked alive. Returns
+# [message, 1 if recorded, ...]. A message that is not kombu's JSON envelope is returned
+# unrecorded, for the consumer to refuse as kombu would (nothing could ack it).
+#
+# Why a tag per delivery: a worker frozen past the timeout whose message went to another worker
+# acks it when it thaws. With the message's one tag for every delivery, that ack would delete
+# the other worker's unacked record; with a tag per delivery it deletes nothing.
 LAND = """
 redis.call('ZADD', KEYS[4], ARGV[1], KEYS[1])
 local landed = {}
@@ -62,15 +68,24 @@ while true do
     local raw = redis.call('RPOP', KEYS[1])
     if not raw then break end
     local ok, message = pcall(cjson.decode, raw)
-    if ok and type(message) == 'table' and type(message['properties']) == 'table' then
-        local properties = message['properties']
-        local route = properties['delivery_info']
-        local tag = properties['delivery_tag']
+    local properties = ok and type(message) == 'table' and message['properties']
+    local route = type(properties) == 'table' and properties['delivery_info']
+    local tag = type(route) == 'table' and properties['delivery_tag']
+    local recorded = 0
+    if type(tag) == 'string' then
+        local quoted = '"' .. tag .. '"'
+        local first, last = string.find(raw, quoted, 1, true)
+        if first then
+            tag = string.match(tag, '^[^#]*') .. '#' .. redis.call('INCR', KEYS[5])
+            raw = string.sub(raw, 1, first) .. tag .. string.sub(raw, last)
+        end
         redis.call('HSET', KEYS[2], tag, '[' .. raw .. ',' .. cjson.encode(route['exchange'])
             .. ',' .. cjson.encode(route['routing_key']) .. ']')
         redis.call('ZADD', KEYS[3], ARGV[1], tag)
+        recorded = 1
     end
     table.insert(landed, raw)
+    table.insert(landed, recorded)
 end
 return landed
 """
@@ -212,26 +227,28 @@ class Channel(RedisChannel):
             landed = self._land_from(queue)
             if not landed:
                 raise virtual.Empty()  # swept back while this worker was stopped
-            for raw in landed:
-                message = loads(bytes_to_str(raw))
-                self.landed_tags[message["properties"]["delivery_tag"]] = True
+            for raw, recorded in zip(landed[::2], landed[1::2], strict=True):
+                message = loads(bytes_to_str(cast(bytes, raw)))
+                if recorded:
+                    self.landed_tags[message["properties"]["delivery_tag"]] = True
                 self.connection._deliver(message, queue)
             return True
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
 
-    def _land_from(self, queue: str) -> list[bytes]:
+    def _land_from(self, queue: str) -> list[bytes | int]:
         keys = [
             self.landing_key(queue),
             self.unacked_key,
             self.unacked_index_key,
             self.landing_index_key,
+            DELIVERY_COUNTER_KEY,
         ]
         with self.conn_or_acquire() as client:
             if self._land is None:
                 self._land = client.register_script(LAND)
-            landed: list[bytes] = self._land(keys=keys, args=[time.time()], client=client)
+            landed: list[bytes | int] = self._land(keys=keys, args=[time.time()], client=client)
         return landed
 
 
