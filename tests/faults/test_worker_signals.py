@@ -4,6 +4,7 @@ import os
 import signal
 import time
 
+import pytest
 from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -11,7 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.models import TaskState, User
 from tests.faults.stack import emails_per_address, own_redis, users_without_email
 from tests.fixtures.processes import Processes
-from tests.fixtures.runs import publish, queue_welcome_runs, runs_by_id, unfinished_runs
+from tests.fixtures.runs import (
+    publish,
+    queue_welcome_runs,
+    runs_by_id,
+    unfinished_runs,
+    wait_for_state,
+)
 from tests.fixtures.smtp import Mailbox, smtp_env
 from tests.fixtures.users import insert_users, numbered_emails
 from tests.fixtures.waiting import eventually
@@ -76,6 +83,39 @@ async def test_sigkill_with_500_in_flight_loses_nothing_and_applies_each_once(
     assert 0 < in_flight <= IN_FLIGHT_BOUND
     assert redelivered <= in_flight
     assert duplicates <= in_flight
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+async def test_a_message_fetched_by_a_worker_killed_before_reading_it_runs_elsewhere(
+    processes: Processes, e2e_engine: AsyncEngine, pool: str
+) -> None:
+    """The narrowest window: Redis has answered the worker's fetch, the worker never read the
+    answer. With kombu's BRPOP the message would be in Redis nowhere (tests/worker/
+    test_transport.py shows it); the landing list keeps it."""
+    redis, _ = own_redis(processes)
+    processes.env.update(**SHORT_LIMITS)
+    [user_id] = await insert_users(e2e_engine, *numbered_emails("fetched", 1))
+    # One queue: an idle worker always has a fetch waiting on it.
+    worker = processes.worker(app=PROBE_APP, pool=pool, queues="default")
+    worker.signal(signal.SIGSTOP)  # the main process, which fetches
+    [run_id] = await publish(redis, SLOW_UPDATE.name, user_id=user_id, seconds=0)
+
+    async def served_to_the_stopped_worker() -> bool:
+        return int(await redis.llen("default")) == 0
+
+    await eventually(served_to_the_stopped_worker, 10, "Redis to answer the stopped worker")
+    assert await redis.hlen("unacked") == 0  # never recorded: the worker did not read it
+    os.killpg(worker.popen.pid, signal.SIGKILL)
+    worker.popen.wait()
+    killed_at = time.monotonic()
+
+    processes.worker(app=PROBE_APP, pool=pool, queues="default")
+    run = await wait_for_state(e2e_engine, run_id, TaskState.SUCCEEDED, timeout=30)
+    recovered_in = time.monotonic() - killed_at
+    print(f"\n{pool}: the fetched message ran elsewhere {recovered_in:.1f}s after the kill")
+    assert run.attempts == 1  # it never ran before: nothing of TASK_MAX_ATTEMPTS is used up
+    # Within the visibility timeout plus a renewal interval of the survivor, and its start-up.
+    assert recovered_in < int(SHORT_LIMITS["BROKER_VISIBILITY_TIMEOUT"]) + 10
 
 
 async def test_sigterm_lets_the_running_task_finish_and_nothing_comes_back(

@@ -14,6 +14,7 @@ from shared.settings import settings
 from tests.environment import TEST_REDIS_URL
 from worker.celery_app import app
 from worker.schedule import beat_schedule, to_celery
+from worker.transport import Channel
 from worker.visibility import VisibilityRenewal
 
 conf = app.conf
@@ -29,6 +30,11 @@ def test_late_acks_and_redelivery_when_a_child_dies() -> None:
     assert conf.task_acks_late is True
     assert conf.task_reject_on_worker_lost is True
     assert conf.worker_prefetch_multiplier == 1
+
+
+def test_workers_fetch_with_the_transport_that_keeps_messages_in_redis() -> None:
+    with app.connection_for_read() as connection:
+        assert isinstance(connection.default_channel, Channel)
 
 
 def test_a_short_visibility_timeout_renewed_and_swept_several_times_within_it() -> None:

@@ -2,7 +2,9 @@
 
 This module only assembles the app from modules with one job each:
 
-- `worker.delivery`: broker, serialization, acknowledgement, queues and routes;
+- `worker.delivery`: broker, serialization, acknowledgement, queues and routes, and the
+  transport workers fetch with (`worker.transport`: no message outside Redis before it is
+  recorded as unacked);
 - `worker.schedule`: beat's scheduler and the schedule, built from the task contracts;
 - `worker.runtime`: each worker process's event loop, database sessions, broker and SMTP
   clients (`run_async`, `get_task_session`, `get_task_broker`), and why it is built that way;

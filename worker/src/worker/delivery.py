@@ -14,6 +14,9 @@ from shared.settings import settings
 def delivery_config() -> dict[str, object]:
     return {
         "broker_url": settings.redis_url.get_secret_value(),
+        # kombu's Redis transport with a fetch that keeps every message inside Redis until it
+        # is recorded as unacked: a worker killed mid-fetch loses nothing (worker.transport).
+        "broker_transport": "worker.transport:Transport",
         "broker_connection_retry_on_startup": True,
         # JSON only: a pickle message is code execution for whoever can write to Redis.
         "task_serializer": "json",

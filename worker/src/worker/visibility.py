@@ -12,6 +12,9 @@ holds, in its channel's QoS, the messages its children run, those it has reserve
 it keeps until their ETA (a retry waiting out its countdown): all of them are renewed, so none
 is restored while its worker lives. When the worker dies or freezes, the renewals stop and the
 sweep of any other worker gives its messages back within the timeout plus one sweep interval.
+The same tick marks the worker's landing lists alive and gives back the messages of landing
+lists nobody marked within the timeout: fetched by a worker that died before recording them as
+unacked (worker.transport).
 
 The renewal is a timer on the consumer's event loop in the worker's main process, like the
 heartbeat: it proves that the loop that receives, acks and supervises is alive, not just that
@@ -35,6 +38,7 @@ from celery import Celery, bootsteps
 from kombu.transport.redis import Channel as RedisChannel
 
 from shared.settings import settings
+from worker.transport import Channel as LandingChannel
 
 log = logging.getLogger("worker.visibility")
 
@@ -146,6 +150,9 @@ class VisibilityRenewal(bootsteps.StartStopStep):
             return  # not started yet, reconnecting, or another transport
         try:
             renew(channel, held_tags(channel.qos))
+            if isinstance(channel, LandingChannel):
+                channel.mark_alive()
+                channel.reclaim_stale_landings(settings.broker_visibility_timeout)
         except Exception:  # a failed renewal must not stop the timer
             # Redis unreachable: the consumer reconnects on its own; the next tick tries again.
             log.warning("could not renew the messages this worker holds", exc_info=True)
