@@ -76,7 +76,7 @@ from worker.metrics import (
     TASKS_SUCCEEDED,
     TASKS_SUPERSEDED,
 )
-from worker.runtime import get_task_session, run_async
+from worker.runtime import get_autocommit_connection, get_task_session, run_async
 
 log = logging.getLogger("worker.tasks")
 
@@ -173,10 +173,9 @@ class Claimed:
     request_id: str | None  # the row's: Celery's retries do not carry custom headers
 
 
-async def claim(db: AsyncSession, run: RunContext) -> Claimed:
-    """Mark the run STARTED (creating its row if needed) in one autocommit statement. A
-    finished run comes back unchanged, with its stored result."""
-    connection = await db.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+async def claim(connection: AsyncConnection, run: RunContext) -> Claimed:
+    """Mark the run STARTED (creating its row if needed) in one statement, on a connection in
+    autocommit. A finished run comes back unchanged, with its stored result."""
     params = {"id": run.id, "name": run.name, "kwargs": run.kwargs, "request_id": run.request_id}
     row = (await connection.execute(_CLAIM, params)).one_or_none()
     if row is None:
@@ -322,8 +321,8 @@ async def execute(
     commits: bool = False,
 ) -> Outcome[ResultT]:
     try:
-        async with get_task_session() as db:
-            claimed = await claim(db, run)
+        async with get_autocommit_connection() as connection:
+            claimed = await claim(connection, run)
     except Exception as exc:
         # The database is unreachable before the run even started: retry the message like
         # any transient failure (nothing can be recorded now). Raising would ack it, and the
