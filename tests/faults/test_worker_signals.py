@@ -95,8 +95,14 @@ async def test_a_message_fetched_by_a_worker_killed_before_reading_it_runs_elsew
     redis, _ = own_redis(processes)
     processes.env.update(**SHORT_LIMITS)
     [user_id] = await insert_users(e2e_engine, *numbered_emails("fetched", 1))
-    # One queue: an idle worker always has a fetch waiting on it.
-    worker = processes.worker(app=PROBE_APP, pool=pool, queues="default")
+    # One queue, and a fetch that waits two minutes on it: stopped while Redis holds the fetch,
+    # the worker cannot read the answer Redis then sends.
+    worker = processes.worker(app=PROBE_APP, pool=pool, queues="default", PROBE_FETCH_WAIT="120")
+
+    async def waiting_on_its_queue() -> bool:
+        return any(client["cmd"] == "blmove" for client in await redis.client_list())
+
+    await eventually(waiting_on_its_queue, 30, "the worker to wait on its queue")
     worker.signal(signal.SIGSTOP)  # the main process, which fetches
     [run_id] = await publish(redis, SLOW_UPDATE.name, user_id=user_id, seconds=0)
 

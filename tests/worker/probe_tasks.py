@@ -26,6 +26,14 @@ PROBE_APP = __name__  # what a test worker passes to `celery -A`
 
 REPORTS_KEY = "probe:reports"
 
+# How long each fetch waits on an empty queue (kombu's default 1 s): longer, a test can stop the
+# worker while Redis still holds its fetch, and be sure Redis answers it.
+if fetch_wait := os.environ.get("PROBE_FETCH_WAIT"):
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        "polling_interval": float(fetch_wait),
+    }
+
 
 def report(document: dict[str, object]) -> None:
     """Tell the test what happened, through Redis (the worker keeps no results)."""
