@@ -50,7 +50,10 @@ async def connect() -> aiosmtplib.SMTP:
         username=settings.smtp_username or None,
         password=password or None,
         start_tls=settings.smtp_starttls,
-        timeout=settings.smtp_timeout,
+        # No timer per command: every use of a session is bounded as a whole by its caller
+        # (SMTP_TIMEOUT, connecting included), and aiosmtplib's own timeout wraps each reply
+        # in `asyncio.wait_for`, a timer and a future more per reply, four replies a message.
+        timeout=None,
     )
     await client.connect()
     return client
