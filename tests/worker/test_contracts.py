@@ -27,6 +27,12 @@ def test_every_contract_has_exactly_one_worker_task_and_back() -> None:
     # celery.* are Celery's own; tests.* exist only in test workers (tests/worker/probe_tasks.py).
     implemented = {name for name in app.tasks if not name.startswith(("celery.", "tests."))}
     declared = declared_tasks()
+    unlisted = sorted(name for name in implemented - set(CONTRACTS) if name in declared)
+    assert not unlisted, (
+        f"{unlisted} have a contract and @task, but their contracts are not in CONTRACTS at the "
+        "end of shared/contracts.py: add them there (the routes, POST /tasks, GET /task-types "
+        f"and beat read the contracts from it); {HOW}"
+    )
     undeclared = sorted(implemented - set(CONTRACTS))
     assert not undeclared, (
         f"{undeclared} are plain Celery tasks: they run, but keep no task-run row, take no "
