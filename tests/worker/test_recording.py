@@ -61,6 +61,19 @@ async def test_a_superseded_attempt_writes_neither(db: AsyncSession) -> None:
     assert await state_of(db, run_id, user) == (TaskState.STARTED, None, False)
 
 
+async def test_an_unfenced_write_is_made_by_a_superseded_attempt_too(db: AsyncSession) -> None:
+    """Attempt 1 sent the email, then a duplicate delivery claimed the run (attempt 2): the
+    stamp still records the email, so attempt 2 finds it sent instead of sending again."""
+    claim = uuid.uuid4()
+    run_id, user = await started_run(db, attempts=2), await claimed_user(db, claim)
+    carry_last_write(db)
+    params = {"user_id": user.id, "claim": claim}
+    await write_with_success(db, _STAMP, params, unmatched=TAKEN_OVER, fenced=False)
+    with pytest.raises(RunSupersededError):
+        await record_success(db, run_id, 1, True)
+    assert await state_of(db, run_id, user) == (TaskState.STARTED, None, True)
+
+
 async def test_a_write_matching_no_row_is_logged_and_the_run_succeeds(
     db: AsyncSession, caplog: pytest.LogCaptureFixture
 ) -> None:

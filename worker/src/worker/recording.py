@@ -203,7 +203,9 @@ async def record_success(db: AsyncSession, run_id: uuid.UUID, attempt: int, resu
             raise RunSupersededError(attempt)
         return
     recorded, written = (
-        await connection.execute(_with_success(last.statement), {**last.params, **params})
+        await connection.execute(
+            _with_success(last.statement, last.fenced), {**last.params, **params}
+        )
     ).one()
     if recorded != 1:
         raise RunSupersededError(attempt)
@@ -232,10 +234,16 @@ class LastWrite:
     statement: Update
     params: Mapping[str, object]
     unmatched: str
+    fenced: bool
 
 
 async def write_with_success(
-    db: AsyncSession, statement: Update, params: Mapping[str, object], *, unmatched: str
+    db: AsyncSession,
+    statement: Update,
+    params: Mapping[str, object],
+    *,
+    unmatched: str,
+    fenced: bool = True,
 ) -> None:
     """Hand the core's last write (an UPDATE without RETURNING, built once at import) to the
     runtime: it runs in the statement that records the run SUCCEEDED, and only if that record
@@ -243,6 +251,13 @@ async def write_with_success(
     steps pays one round trip for its effect and its record instead of four. The core must
     not touch the session after it. `unmatched` is logged as a warning when the write matches
     no row (the run still succeeds, as the core says by returning).
+
+    `fenced=False` is for a write that records something the attempt did outside the database
+    and cannot undo (the welcome email's stamp: the email went out), guarded by a claim of its
+    own: it is then written by that statement even when the attempt was superseded, so the
+    run that superseded it finds the fact recorded instead of doing it again. It commits so
+    when the core committed everything before it (the statement then runs in autocommit);
+    otherwise the superseded attempt's rollback takes it too.
 
     On a session that records no run (a test's, or any caller of the core), the write runs at
     once, in that session's transaction."""
@@ -253,19 +268,17 @@ async def write_with_success(
         return
     if db.info[_LAST_WRITE] is not None:
         raise RuntimeError("a core hands over one last write")
-    db.info[_LAST_WRITE] = LastWrite(statement, params, unmatched)
+    db.info[_LAST_WRITE] = LastWrite(statement, params, unmatched, fenced)
 
 
 @lru_cache(maxsize=64)
-def _with_success(statement: Update) -> Select[int, int]:
+def _with_success(statement: Update, fenced: bool) -> Select[int, int]:
     """WITH succeeded_run AS (UPDATE task_runs ... RETURNING id), last_write AS (UPDATE ...
     AND EXISTS (SELECT FROM succeeded_run) RETURNING 1) SELECT both counts: one statement, so
-    the write commits exactly when SUCCEEDED does."""
-    write = (
-        statement.where(exists(_SUCCEEDED_RUN.select()))
-        .returning(literal_column("1"))
-        .cte("last_write")
-    )
+    the write commits exactly when SUCCEEDED does (unfenced: without the EXISTS)."""
+    if fenced:
+        statement = statement.where(exists(_SUCCEEDED_RUN.select()))
+    write = statement.returning(literal_column("1")).cte("last_write")
     return select(
         select(func.count()).select_from(_SUCCEEDED_RUN).scalar_subquery(),
         select(func.count()).select_from(write).scalar_subquery(),

@@ -104,8 +104,11 @@ async def send_welcome_email(args: SendWelcomeEmailArgs, db: AsyncSession) -> bo
                 await db.execute(_RELEASE, params)
                 await db.commit()
             raise
+        # Unfenced: the email went out even if this attempt was superseded (a duplicate
+        # delivery claimed the run meanwhile); the stamp, fenced by the user's claim, records
+        # it, so the other attempt finds it sent instead of mailing again.
         await write_with_success(
-            db, _STAMP, params,
+            db, _STAMP, params, fenced=False,
             unmatched="welcome email sent after its claim expired and was taken over",
         )  # fmt: skip
         return True
