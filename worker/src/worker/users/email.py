@@ -7,8 +7,8 @@ needed for (encoding a MAIL_FROM display name that is not ASCII) it does once pe
 """
 
 import base64
+import os
 import re
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from email import policy
@@ -32,7 +32,8 @@ def welcome_message(email: str, full_name: str) -> Mail:
     if "\r" in email or "\n" in email:
         raise ValueError("an address may not contain a line break")
     sender, headers = _shared_headers(settings.mail_from)
-    boundary = f"==============={uuid.uuid4().hex}=="
+    # Unguessable, so that no name can close a part early; without a UUID object per message.
+    boundary = f"==============={os.urandom(16).hex()}=="
     content = b"".join(
         (
             headers,
