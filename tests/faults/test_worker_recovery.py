@@ -26,7 +26,7 @@ from tests.fixtures.ports import free_port
 from tests.fixtures.processes import Proc, Processes
 from tests.fixtures.redis_server import redis_server_argv
 from tests.fixtures.runs import publish, queue_welcome_runs, runs_by_id
-from tests.fixtures.smtp import Mailbox, smtp_env
+from tests.fixtures.smtp import Mailbox, SlowMailbox, smtp_env
 from tests.fixtures.users import insert_users, numbered_emails
 from tests.fixtures.waiting import eventually, wait_until
 from tests.worker.probe_tasks import PROBE_APP, REPORTS_KEY, RETRY_ONCE, SLOW_UPDATE
@@ -45,6 +45,7 @@ USERS = 200
 # Runs of 1 s each, on a survivor of one child: the queue stays long for that many seconds.
 BUSY_RUNS = 30
 GONE_BEFORE_THE_END = 30  # runs left when the victim is killed or frozen
+SEND_DELAY = 0.2  # seconds the mail server takes to accept each message
 
 
 def held_run_ids(unacked: Mapping[bytes | str, bytes | str]) -> set[uuid.UUID]:
@@ -80,11 +81,15 @@ class Batch:
 
 
 async def send_welcome_batch(
-    processes: Processes, engine: AsyncEngine, redis: Redis, smtp: Mailbox, pool: str
+    processes: Processes, engine: AsyncEngine, redis: Redis, smtp: SlowMailbox, pool: str
 ) -> Batch:
     """Two workers of one kind, then the batch; returns once most of it went out, so that the
     survivor's share of the rest takes seconds, not the visibility timeout (what stays unacked
     afterwards is plainly the victim's)."""
+    # Each message takes a while to be accepted, so that when the victim goes the runs left
+    # are in flight on both workers (with an instant server they end within milliseconds of
+    # the count, and the victim may hold nothing).
+    smtp.delay = SEND_DELAY
     processes.env.update(**smtp_env(smtp))
     concurrency = 2 if pool == "prefork" else 20
     processes.worker(concurrency=concurrency, pool=pool)  # the survivor
@@ -206,11 +211,12 @@ async def test_a_killed_workers_runs_finish_on_another_worker_within_60_seconds(
     processes: Processes,
     e2e_engine: AsyncEngine,
     e2e_redis: Redis,
-    smtp_server: Mailbox,
+    slow_smtp_server: SlowMailbox,
     limits: dict[str, str],
     pool: str,
 ) -> None:
     processes.env.update(**limits)
+    smtp_server = slow_smtp_server
     batch = await send_welcome_batch(processes, e2e_engine, e2e_redis, smtp_server, pool)
     killed_at = kill_whole_worker(batch.victim)
     victims = (await victims_of(batch, e2e_engine, e2e_redis)).runs
@@ -225,8 +231,12 @@ async def test_a_killed_workers_runs_finish_on_another_worker_within_60_seconds(
 
 
 async def test_a_frozen_workers_runs_go_elsewhere_and_thawed_it_records_nothing_over_them(
-    processes: Processes, e2e_engine: AsyncEngine, e2e_redis: Redis, smtp_server: Mailbox
+    processes: Processes,
+    e2e_engine: AsyncEngine,
+    e2e_redis: Redis,
+    slow_smtp_server: SlowMailbox,
 ) -> None:
+    smtp_server = slow_smtp_server
     batch = await send_welcome_batch(processes, e2e_engine, e2e_redis, smtp_server, "prefork")
     os.killpg(batch.victim.popen.pid, signal.SIGSTOP)  # frozen, main process and children
     frozen_at = time.monotonic()
