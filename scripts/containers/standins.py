@@ -118,9 +118,11 @@ def _debootstrap(tarball: Path) -> None:
             target.mkdir(parents=True, exist_ok=True)
             for certificate in certificates:
                 shutil.copy2(certificate, target / certificate.name)
+            # The host's TMPDIR (make test sets one of its own) does not exist inside the root.
+            inside = {key: value for key, value in os.environ.items() if key != "TMPDIR"}
             subprocess.run(
                 ["chroot", str(rootfs), "update-ca-certificates"],
-                check=True, stdout=subprocess.DEVNULL,
+                check=True, stdout=subprocess.DEVNULL, env=inside,
             )  # fmt: skip
             say(f"the stand-in trusts this host's {len(certificates)} local CA certificate(s)")
         for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
