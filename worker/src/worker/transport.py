@@ -110,10 +110,6 @@ return moved
 """
 
 
-def queue_of(landing: str) -> str:
-    return landing.split(LANDING_MARK, 1)[0]
-
-
 class QoS(RedisQoS):
     """Records in Redis only the messages LAND has not recorded already."""
 
