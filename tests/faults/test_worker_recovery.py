@@ -30,6 +30,7 @@ from tests.fixtures.smtp import Mailbox, SlowMailbox, smtp_env
 from tests.fixtures.users import insert_users, numbered_emails
 from tests.fixtures.waiting import eventually, wait_until
 from tests.worker.probe_tasks import PROBE_APP, REPORTS_KEY, RETRY_ONCE, SLOW_UPDATE
+from worker.transport import LANDING_MARK
 from worker.visibility import blocked_main_process_bound, renew_interval
 
 # At the defaults (BROKER_VISIBILITY_TIMEOUT 30 s, renewed every 5 s, swept every 5 s), a dead
@@ -119,7 +120,7 @@ class Held:
 
 async def held_now(redis: Redis) -> Held:
     landing: set[uuid.UUID] = set()
-    for key in await redis.keys("*landing\x06\x16*"):
+    for key in await redis.keys(f"*{LANDING_MARK}*"):
         for raw in await redis.lrange(key, 0, -1):
             landing.add(uuid.UUID(json.loads(raw)["headers"]["id"]))
     return Held(held_run_ids(await redis.hgetall("unacked")), landing)

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from shared.settings import settings
 from tests.environment import TEST_REDIS_URL
 from tests.fixtures.waiting import wait_until
-from worker.transport import Channel
+from worker.transport import LANDING_MARK, Channel
 from worker.visibility import transport_options
 
 QUEUE = KombuQueue("transport-test", routing_key="transport-test")
@@ -62,7 +62,7 @@ def consuming(connection: Connection, *queues: KombuQueue) -> tuple[RedisChannel
 def keys_of(channel: RedisChannel) -> dict[str, int]:
     """Messages on the queues, on landing lists, and unacked."""
     with channel.conn_or_acquire() as client:
-        landing = sum(int(client.llen(key)) for key in client.keys("*landing\x06\x16*"))
+        landing = sum(int(client.llen(key)) for key in client.keys(f"*{LANDING_MARK}*"))
         return {
             "queued": int(client.llen(QUEUE.name)),
             "landing": landing,
@@ -70,11 +70,19 @@ def keys_of(channel: RedisChannel) -> dict[str, int]:
         }
 
 
-def fetch_without_reading(connection: Connection, channel: RedisChannel) -> None:
-    """What a worker killed mid-fetch did: sent the fetch, Redis answered, nobody read it."""
+def fetched_unread(
+    connect: Callable[..., Connection], transport: str = TRANSPORT
+) -> tuple[Connection, RedisChannel, list[Message]]:
+    """A consumer of QUEUE that sent its fetch of one message, which Redis answered and nobody
+    read yet: what a worker killed or frozen mid-fetch left."""
+    connection = connect(transport)
+    channel, received = consuming(connection, QUEUE)
+    assert isinstance(channel, Channel) == (transport == TRANSPORT)
+    publish(connect(), {"n": 1})
     poller: Any = getattr(connection.transport, "cycle")  # noqa: B009 (not in kombu's stubs)
     poller._register_BRPOP(channel)  # as the worker's poll sends it
     wait_until(lambda: keys_of(channel)["queued"] == 0, 5, "Redis to serve the fetch")
+    return connection, channel, received
 
 
 def test_a_consumed_message_is_recorded_unacked_as_kombu_records_it(
@@ -103,12 +111,7 @@ def test_kombus_own_fetch_loses_a_message_its_worker_never_read(
     connect: Callable[..., Connection],
 ) -> None:
     """Why the transport exists: with BRPOP the message is gone from Redis once served."""
-    connection = connect("redis")
-    channel, received = consuming(connection, QUEUE)
-    assert not isinstance(channel, Channel)
-    publish(connect(), {"n": 1})
-
-    fetch_without_reading(connection, channel)
+    _, channel, received = fetched_unread(connect, transport="redis")
     channel.client.connection.disconnect()  # killed
 
     assert keys_of(channel) == {"queued": 0, "landing": 0, "unacked": 0}
@@ -118,11 +121,7 @@ def test_kombus_own_fetch_loses_a_message_its_worker_never_read(
 def test_a_message_its_killed_worker_never_read_goes_back_to_its_queue(
     connect: Callable[..., Connection],
 ) -> None:
-    dead_connection = connect()
-    dead, _ = consuming(dead_connection, QUEUE)
-    assert isinstance(dead, Channel)
-    publish(connect(), {"n": 1})
-    fetch_without_reading(dead_connection, dead)
+    _, dead, _ = fetched_unread(connect)
     dead.client.connection.disconnect()  # killed
     assert keys_of(dead) == {"queued": 0, "landing": 1, "unacked": 0}
 
@@ -142,11 +141,8 @@ def test_a_message_its_killed_worker_never_read_goes_back_to_its_queue(
 
 
 def test_a_live_workers_landing_list_is_not_taken(connect: Callable[..., Connection]) -> None:
-    connection = connect()
-    channel, received = consuming(connection, QUEUE)
+    connection, channel, received = fetched_unread(connect)
     assert isinstance(channel, Channel)
-    publish(connect(), {"n": 1})
-    fetch_without_reading(connection, channel)
 
     # Long after the fetch, but marked alive by the renewal since.
     later = time.time() + 10 * TIMEOUT
@@ -161,11 +157,8 @@ def test_a_live_workers_landing_list_is_not_taken(connect: Callable[..., Connect
 def test_a_frozen_worker_whose_landing_list_was_swept_delivers_nothing(
     connect: Callable[..., Connection],
 ) -> None:
-    frozen_connection = connect()
-    frozen, received = consuming(frozen_connection, QUEUE)
+    _, frozen, received = fetched_unread(connect)
     assert isinstance(frozen, Channel)
-    publish(connect(), {"n": 1})
-    fetch_without_reading(frozen_connection, frozen)
 
     sweeper, _ = consuming(connect(), OTHER)
     assert isinstance(sweeper, Channel)

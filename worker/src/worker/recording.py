@@ -18,7 +18,8 @@ costs PostgreSQL), so a run takes two transactions:
    SUCCEEDED alone, after a core that left nothing uncommitted, is one autocommit statement:
    no BEGIN and COMMIT round trips around it. A core whose effect is one last UPDATE after its
    own commits (the welcome email's stamp) hands it over with `write_with_success`: that write
-   and SUCCEEDED then go in ONE statement, the write fenced by the SUCCEEDED it comes with.
+   and SUCCEEDED then go in ONE statement, the write fenced by the SUCCEEDED it comes with
+   (or, for a record of something already done outside the database, written either way).
 
 The claim's attempt number fences the rest. A worker that stopped renewing its messages (dead
 to the broker, frozen) may come back after its run went to another worker and was claimed
