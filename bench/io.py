@@ -17,7 +17,8 @@ The figure is the steady drain rate: messages per second between the 10th and th
 percentile of arrivals at the mail server, so neither start-up nor the tail counts. Printed
 beside it: CPU milliseconds per email of each process (worker, mail server, PostgreSQL backends
 of the worker, API during the sign-ups), the peak PostgreSQL connections the worker held,
-messages per SMTP session, and the worker's peak RSS.
+messages per SMTP session, how busy the worker was (its CPU seconds per wall second: near 1, a
+process bound by one core) and its peak RSS.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class Phase:
     cpu: dict[str, float] = field(default_factory=dict)  # seconds, by process
     peak_connections: int = 0
     peak_rss_mb: float = 0.0
+    worker_seconds: float = 0.0  # wall time over which the worker's CPU was measured
 
     @property
     def steady_rate(self) -> float:
@@ -74,6 +76,12 @@ class Phase:
 
     def per_email_ms(self, process: str) -> float:
         return self.cpu.get(process, 0.0) * 1000 / self.count
+
+    @property
+    def worker_cores(self) -> float:
+        """How busy the worker was: near 1.0, a process bound by one core (the GIL), whose
+        rate then follows its CPU per email and the machine's speed of the moment."""
+        return self.cpu.get("worker", 0.0) / max(self.worker_seconds, 1e-9)
 
 
 def cpu_seconds(pid: int, with_children: bool = True) -> float:
@@ -174,7 +182,9 @@ def measure_ours(procs: Processes, sink: Sink, count: int) -> Phase:
     )
     worker.wait_for_output(" ready.", timeout=60)
     worker_base = cpu_seconds(worker.popen.pid)  # start-up (imports) is not per email
+    ready = time.monotonic()
     asyncio.run(watch(phase, sink, worker.popen.pid, "backend.worker", DATABASE))
+    phase.worker_seconds = time.monotonic() - ready
     phase.cpu["worker"] -= worker_base
     phase.cpu["sink"] = cpu_seconds(sink.proc.popen.pid) - sink_cpu
     phase.arrivals = sink.arrivals(phase.prefix)
@@ -236,7 +246,9 @@ def measure_reference(procs: Processes, sink: Sink, count: int, redis_url: str) 
             str(sink.port),
         ],
     )
+    began = time.monotonic()
     asyncio.run(watch(phase, sink, worker.popen.pid, "arq.reference", DATABASE))
+    phase.worker_seconds = time.monotonic() - began
     phase.cpu["sink"] = cpu_seconds(sink.proc.popen.pid) - sink_cpu
     phase.arrivals = sink.arrivals(phase.prefix)
     phase.sessions = sink.sessions_between(started, time.time())
@@ -267,6 +279,7 @@ def report(ours: Phase, reference: Phase | None, count: int, delay: float) -> li
             "messages per SMTP session",
             [f"{s.count / max(1, s.sessions):.1f} ({s.sessions} sessions)" for s in sides],
         ),
+        row("worker busy, cores (CPU s / wall s)", [f"{s.worker_cores:.2f}" for s in sides]),
         row("worker RSS, MB (peak)", [f"{s.peak_rss_mb:.0f}" for s in sides]),
     ]
     if reference is not None:
