@@ -137,12 +137,13 @@ async def sign_ups(base: str, count: int, prefix: str) -> None:
 
 
 async def watch(phase: Phase, sink: Sink, pid: int, backends_of: str, database: URL) -> None:
-    """Until every message arrived: the process's CPU and RSS, the PostgreSQL connections the
-    application named `backends_of` holds, and their backends' CPU (kept per backend, as
-    backends end with their connections)."""
+    """Until every message arrived: the process's CPU and the wall time it was measured over,
+    its RSS, the PostgreSQL connections the application named `backends_of` holds, and their
+    backends' CPU (kept per backend, as backends end with their connections)."""
     engine = make_engine("bench", url=database)
     backend_cpu: dict[int, float] = {}
     own_cpu = 0.0
+    began = time.monotonic()
     query = text(
         "SELECT pid FROM pg_stat_activity WHERE application_name = :name AND datname = :db"
     )
@@ -163,6 +164,7 @@ async def watch(phase: Phase, sink: Sink, pid: int, backends_of: str, database: 
     finally:
         await engine.dispose()
     phase.cpu["worker"] = own_cpu
+    phase.worker_seconds = time.monotonic() - began
     phase.cpu["postgres"] = sum(backend_cpu.values())
 
 
@@ -182,9 +184,7 @@ def measure_ours(procs: Processes, sink: Sink, count: int) -> Phase:
     )
     worker.wait_for_output(" ready.", timeout=60)
     worker_base = cpu_seconds(worker.popen.pid)  # start-up (imports) is not per email
-    ready = time.monotonic()
     asyncio.run(watch(phase, sink, worker.popen.pid, "backend.worker", DATABASE))
-    phase.worker_seconds = time.monotonic() - ready
     phase.cpu["worker"] -= worker_base
     phase.cpu["sink"] = cpu_seconds(sink.proc.popen.pid) - sink_cpu
     phase.arrivals = sink.arrivals(phase.prefix)
@@ -246,9 +246,7 @@ def measure_reference(procs: Processes, sink: Sink, count: int, redis_url: str) 
             str(sink.port),
         ],
     )
-    began = time.monotonic()
     asyncio.run(watch(phase, sink, worker.popen.pid, "arq.reference", DATABASE))
-    phase.worker_seconds = time.monotonic() - began
     phase.cpu["sink"] = cpu_seconds(sink.proc.popen.pid) - sink_cpu
     phase.arrivals = sink.arrivals(phase.prefix)
     phase.sessions = sink.sessions_between(started, time.time())
