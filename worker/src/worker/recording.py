@@ -69,6 +69,7 @@ from shared.db import autocommit_statement
 from shared.logs import log_context
 from shared.models import FINISHED_STATES, TaskRun, TaskState
 from shared.settings import settings
+from worker import driver
 from worker.errors import ClaimHeld, RunSupersededError, describe, is_transient
 from worker.metrics import (
     TASK_DURATION,
@@ -164,11 +165,12 @@ _SUCCEED = (
         error=None,
         finished_at=_NOW,
     )
+    .returning(TaskRun.id)
 )
 
 
 # SUCCEEDED as a data-modifying CTE, for a core's last write to ride with (see _with_success).
-_SUCCEEDED_RUN = _SUCCEED.returning(TaskRun.id).cte("succeeded_run")
+_SUCCEEDED_RUN = _SUCCEED.cte("succeeded_run")
 
 
 @dataclass(frozen=True)
@@ -183,10 +185,11 @@ async def claim(connection: AsyncConnection, run: RunContext) -> Claimed:
     """Mark the run STARTED (creating its row if needed) in one statement, on a connection in
     autocommit. A finished run comes back unchanged, with its stored result."""
     params = {"id": run.id, "name": run.name, "kwargs": run.kwargs, "request_id": run.request_id}
-    row = (await connection.execute(_CLAIM, params)).one_or_none()
-    if row is None:
-        row = (await connection.execute(_STORED, {"id": run.id})).one()
-    return Claimed(TaskState(row.state), row.attempts, row.result, row.request_id)
+    rows = await driver.fetch(connection, _CLAIM, params)
+    if not rows:
+        rows = await driver.fetch(connection, _STORED, {"id": run.id})
+    [row] = rows
+    return Claimed(TaskState(row["state"]), row["attempts"], row["result"], row["request_id"])
 
 
 async def record_success(db: AsyncSession, run_id: uuid.UUID, attempt: int, result: object) -> None:
@@ -200,17 +203,15 @@ async def record_success(db: AsyncSession, run_id: uuid.UUID, attempt: int, resu
     connection = await _connection_for(db)
     params = {"run_id": run_id, "attempt": attempt, "result": result}
     if last is None:
-        if (await connection.execute(_SUCCEED, params)).rowcount != 1:
+        if len(await driver.fetch(connection, _SUCCEED, params)) != 1:
             raise RunSupersededError(attempt)
         return
-    recorded, written = (
-        await connection.execute(
-            _with_success(last.statement, last.fenced), {**last.params, **params}
-        )
-    ).one()
-    if recorded != 1:
+    [counts] = await driver.fetch(
+        connection, _with_success(last.statement, last.fenced), {**last.params, **params}
+    )
+    if counts["recorded"] != 1:
         raise RunSupersededError(attempt)
-    if written == 0:
+    if counts["written"] == 0:
         log.warning(last.unmatched)
 
 
@@ -281,8 +282,8 @@ def _with_success(statement: Update, fenced: bool) -> Select[int, int]:
         statement = statement.where(exists(_SUCCEEDED_RUN.select()))
     write = statement.returning(literal_column("1")).cte("last_write")
     return select(
-        select(func.count()).select_from(_SUCCEEDED_RUN).scalar_subquery(),
-        select(func.count()).select_from(write).scalar_subquery(),
+        select(func.count()).select_from(_SUCCEEDED_RUN).scalar_subquery().label("recorded"),
+        select(func.count()).select_from(write).scalar_subquery().label("written"),
     )
 
 

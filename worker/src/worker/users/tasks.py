@@ -19,6 +19,7 @@ from shared.db import autocommit_statement
 from shared.models import User
 from shared.settings import settings
 from shared.users.addresses import smtp_address
+from worker import driver
 from worker.decorator import task
 from worker.errors import ClaimHeld
 from worker.recording import write_with_success
@@ -86,9 +87,9 @@ async def send_welcome_email(args: SendWelcomeEmailArgs, db: AsyncSession) -> bo
         # The SMTP slot is ours before the claim starts counting: the claim covers the send only.
         await autocommit_statement(db)
         connection = await db.connection()  # Core, not the ORM: no session state to synchronize
-        claimed = (await connection.execute(_CLAIM, {**params, "hold": hold})).one_or_none()
+        claimed = await driver.fetch(connection, _CLAIM, {**params, "hold": hold})
         await db.commit()  # the connection goes back to the pool until the stamp
-        if claimed is None:
+        if not claimed:
             user = (await db.execute(_SENT_OR_CLAIMED, params)).one_or_none()
             if user is not None and user.welcome_email_sent_at is None:
                 raise ClaimHeld(
@@ -96,8 +97,10 @@ async def send_welcome_email(args: SendWelcomeEmailArgs, db: AsyncSession) -> bo
                     retry_after=math.ceil(max(0, user.claim_left or 0)) + 1,
                 )
             return False  # no such user, or its welcome email went out
+        [recipient] = claimed
         try:
-            await deliver(email.welcome_message(smtp_address(claimed.email), claimed.full_name))
+            mail = email.welcome_message(smtp_address(recipient["email"]), recipient["full_name"])
+            await deliver(mail)
         except BaseException:
             with contextlib.suppress(Exception):
                 await db.rollback()
