@@ -105,6 +105,8 @@ def test_a_consumed_message_is_recorded_unacked_as_kombu_records_it(
     assert keys_of(channel) == {"queued": 0, "landing": 0, "unacked": 1}
     message.ack()
     assert keys_of(channel) == {"queued": 0, "landing": 0, "unacked": 0}
+    with channel.conn_or_acquire() as client:
+        assert client.zscore(channel.unacked_index_key, message.delivery_tag) is None
 
 
 def test_kombus_own_fetch_loses_a_message_its_worker_never_read(

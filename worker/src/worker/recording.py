@@ -1,7 +1,8 @@
 """Every run keeps its task-run row current: STARTED, then SUCCEEDED, RETRYING or FAILED.
 
 The cost that matters is round trips (each costs the worker's one loop more CPU than the SQL
-costs PostgreSQL), so a run takes two transactions:
+costs PostgreSQL; the statements every run executes go to asyncpg itself, worker.driver), so a
+run takes two transactions:
 
 1. The claim, committed before the work: it creates the row for runs that did not come through
    the API (beat, other producers), counts the attempt, and refuses a run that already finished

@@ -110,8 +110,20 @@ return moved
 """
 
 
+# KEYS: unacked index, unacked hash. ARGV: delivery tag. What kombu's ack deletes, in one
+# command instead of a MULTI/EXEC pipeline of two.
+ACK = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+return redis.call('HDEL', KEYS[2], ARGV[1])
+"""
+
+
 class QoS(RedisQoS):
-    """Records in Redis only the messages LAND has not recorded already."""
+    """Records in Redis only the messages LAND has not recorded already, and acks with one
+    script: a pipeline costs the worker's consumer thread twice the CPU of one command, and
+    every run is acked."""
+
+    _ack: Script | None = None
 
     def append(self, message: Any, delivery_tag: str) -> None:
         channel = cast(Channel, self.channel)
@@ -119,6 +131,16 @@ class QoS(RedisQoS):
             virtual.QoS.append(self, message, delivery_tag)
         else:  # fetched another way (basic_get): kombu's own write
             super().append(message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        channel = cast(Channel, self.channel)
+        with channel.conn_or_acquire() as client:
+            if self._ack is None:
+                self._ack = client.register_script(ACK)
+            self._ack(
+                keys=[self.unacked_index_key, self.unacked_key], args=[delivery_tag], client=client
+            )
+        virtual.QoS.ack(self, delivery_tag)
 
 
 class Channel(RedisChannel):
