@@ -6,7 +6,7 @@ from email import message_from_bytes, policy
 from html import escape
 
 import pytest
-from aiosmtplib import SMTPNotSupported
+from aiosmtplib import SMTPNotSupported, SMTPRecipientRefused
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,7 +15,7 @@ from shared.models import User
 from shared.settings import settings
 from tests.fixtures.smtp import Mailbox
 from tests.fixtures.users import add_user
-from worker.errors import ClaimHeld
+from worker.errors import ClaimHeld, is_transient
 from worker.users.tasks import deactivate_inactive_users, send_welcome_email
 
 HOUR = timedelta(hours=1)
@@ -194,3 +194,19 @@ async def test_a_failed_send_releases_its_claim(
         await send_welcome_email(SendWelcomeEmailArgs(user_id=user.id), db)
     await db.refresh(user)
     assert (user.welcome_email_claim, user.welcome_email_claimed_until) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("reply", "retried"), [("450 4.2.1 Mailbox busy", True), ("550 5.1.1 No such user", False)]
+)
+async def test_a_refused_recipient_fails_the_send_and_only_a_4xx_is_retried(
+    db: AsyncSession, mail_to: Mailbox, reply: str, retried: bool
+) -> None:
+    user = await add_user(db)
+    mail_to.refusals[user.email] = reply
+    with pytest.raises(SMTPRecipientRefused) as refused:
+        await send_welcome_email(SendWelcomeEmailArgs(user_id=user.id), db)
+    assert is_transient(refused.value) is retried
+    assert mail_to.messages == []
+    await db.refresh(user)
+    assert (user.welcome_email_sent_at, user.welcome_email_claim) == (None, None)
