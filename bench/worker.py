@@ -1,9 +1,10 @@
 """How fast does the worker drain recorded database tasks, next to bare Celery tasks?
 
-Two workers, one after the other, each with production's flags: the prefork kind
-(`-P prefork -c 2`) and the concurrent kind (`-P threads -c 100`, worker.kinds.CONCURRENT: many
-runs in flight on one event loop per process). Each drains, in alternating rounds (a b a b ...)
-so that machine noise falls on both kinds of task alike:
+Three setups, one after the other, each worker with production's flags: the prefork kind
+(`-P prefork -c 2`), the concurrent kind (`-P threads -c 100`, worker.kinds.CONCURRENT: many
+runs in flight on one event loop per process), and, for context, two concurrent workers side by
+side (one process per core, as two pods of the kind on a two-core node would run). Each drains,
+in alternating rounds (a b a b ...) so that machine noise falls on both kinds of task alike:
 
 (a) `bench.noop`, a bare task: the ceiling set by Celery, Redis and this machine;
 (b) `bench.touch_user`, shaped like `send_welcome_email` without SMTP: `run_recorded` claims the
@@ -17,9 +18,10 @@ Then, for context, a smaller batch of
 
 Messages are published in pipelined batches with shared.broker.Broker. Every task's last action
 is one Redis INCR; a round's time runs from its first publish until the counter reaches the
-round's size. Prints, per worker, the rates, the ratio b/a (target >= 0.8), and each worker
+round's size. Prints, per setup, the rates, the worker processes' CPU ms per task (all of their
+processes, read with psutil around each round), the ratio b/a (target >= 0.8), and each worker
 process's RSS after every 10,000 tasks (target: flat, under 150 MB); then (b) on the concurrent
-worker beside (b) on the prefork one (target: not slower).
+worker beside (b) on the prefork one (target: not slower), and on the two concurrent workers.
 """
 
 from __future__ import annotations
@@ -74,11 +76,16 @@ class Kind:
     label: str
     name: str
     seconds: list[float] = field(default_factory=list)
+    cpu_seconds: float = 0.0  # of the worker's processes, over the timed rounds
     done: int = 0
 
     @property
     def rate(self) -> float:
         return self.done / sum(self.seconds)
+
+    @property
+    def cpu_ms(self) -> float:
+        return 1000 * self.cpu_seconds / self.done
 
 
 QUEUE = "default"  # the production app's own queue, on the benchmark's own Redis
@@ -89,39 +96,68 @@ class WorkerSetup:
     label: str
     pool: str
     concurrency: int
+    workers: int = 1
+
+    @property
+    def flags(self) -> str:
+        flags = f"-P {self.pool} -c {self.concurrency}"
+        return flags if self.workers == 1 else f"{self.workers} x {flags}"
 
 
-WORKERS = (
-    WorkerSetup("prefork worker", "prefork", CONCURRENCY),
-    WorkerSetup("concurrent worker", CONCURRENT.pool, CONCURRENT.concurrency),
+PREFORK = WorkerSetup("prefork worker", "prefork", CONCURRENCY)
+CONCURRENT_WORKER = WorkerSetup("concurrent worker", CONCURRENT.pool, CONCURRENT.concurrency)
+TWO_CONCURRENT_WORKERS = WorkerSetup(
+    "two concurrent workers", CONCURRENT.pool, CONCURRENT.concurrency, workers=2
 )
+WORKERS = (PREFORK, CONCURRENT_WORKER, TWO_CONCURRENT_WORKERS)
 
 
-def start_worker(processes: Processes, setup: WorkerSetup, synchronous_commit: str) -> Proc:
-    """The worker as tests start it (production's flags, tests/fixtures/processes.py)."""
-    return processes.worker(
-        app="bench.tasks",
-        pool=setup.pool,
-        concurrency=setup.concurrency,
-        # Production's default is off (see the README); on shows what WAL flushes cost.
-        WORKER_SYNCHRONOUS_COMMIT="true" if synchronous_commit == "on" else "false",
-        ENVIRONMENT="development",
-        LOG_LEVEL="INFO",
-    )
+def start_workers(processes: Processes, setup: WorkerSetup, synchronous_commit: str) -> list[Proc]:
+    """The workers as tests start them (production's flags, tests/fixtures/processes.py)."""
+    return [
+        processes.worker(
+            app="bench.tasks",
+            pool=setup.pool,
+            concurrency=setup.concurrency,
+            # Production's default is off (see the README); on shows what WAL flushes cost.
+            WORKER_SYNCHRONOUS_COMMIT="true" if synchronous_commit == "on" else "false",
+            ENVIRONMENT="development",
+            LOG_LEVEL="INFO",
+        )
+        for _ in range(setup.workers)
+    ]
 
 
-def children_rss_mb(worker: Proc) -> dict[int, float]:
-    """Each prefork child's RSS; the one process of a threads-pool worker."""
+def worker_processes(workers: list[Proc]) -> list[psutil.Process]:
+    """Every process of the workers: each main process and its prefork children."""
+    mains = [psutil.Process(worker.popen.pid) for worker in workers]
+    return [process for main in mains for process in (main, *main.children())]
+
+
+def pool_processes(worker: Proc) -> list[psutil.Process]:
+    """The processes that run tasks: a prefork worker's children, a threads-pool worker itself."""
     main = psutil.Process(worker.popen.pid)
-    members = main.children() or [main]
-    return {member.pid: member.memory_info().rss / MB for member in members}
+    return main.children() or [main]
+
+
+def children_rss_mb(workers: list[Proc]) -> dict[int, float]:
+    return {
+        member.pid: member.memory_info().rss / MB
+        for worker in workers
+        for member in pool_processes(worker)
+    }
+
+
+def cpu_seconds(members: list[psutil.Process]) -> float:
+    return sum(sum(member.cpu_times()[:2]) for member in members)
 
 
 class Producer:
-    def __init__(self, redis: Redis, worker: Proc) -> None:
+    def __init__(self, redis: Redis, workers: list[Proc]) -> None:
         self.redis = redis
         self.broker = Broker(redis, timeout=10)
-        self.worker = worker
+        self.workers = workers
+        self.members = worker_processes(workers)
         self.user_ids: Iterator[int] = itertools.count(1)
 
     def messages(self, name: str, count: int) -> list[TaskMessage]:
@@ -142,12 +178,15 @@ class Producer:
         while int(await self.redis.get(COUNTER_KEY) or 0) < count:
             if time.perf_counter() - start > ROUND_TIMEOUT:
                 raise TimeoutError(f"{name}: {count} tasks not done in {ROUND_TIMEOUT}s")
-            self.worker.check_alive()
+            for worker in self.workers:
+                worker.check_alive()
             await asyncio.sleep(POLL_SECONDS)
         return time.perf_counter() - start
 
     async def run(self, kind: Kind, count: int) -> None:
+        start = cpu_seconds(self.members)
         kind.seconds.append(await self.drain(kind.name, count))
+        kind.cpu_seconds += cpu_seconds(self.members) - start
         kind.done += count
 
 
@@ -197,11 +236,11 @@ def format_rss(label: str, rss: dict[int, float]) -> str:
 
 
 async def measure(
-    plan: Plan, setup: WorkerSetup, worker: Proc, database: URL, redis_url: str
+    plan: Plan, setup: WorkerSetup, workers: list[Proc], database: URL, redis_url: str
 ) -> tuple[list[str], float]:
-    """The report of one worker, and its (b) rate."""
+    """The report of one setup, and its (b) rate."""
     redis: Redis = Redis.from_url(redis_url)
-    producer = Producer(redis, worker)
+    producer = Producer(redis, workers)
     bare = Kind("(a) bare Celery task", NOOP)
     recorded = Kind("(b) recorded DB task, pooled", TOUCH_USER.name)
     slow = Kind("(c) same, asyncio.run+NullPool", TOUCH_USER_ASYNCIO_RUN.name)
@@ -209,7 +248,7 @@ async def measure(
         await redis.delete(QUEUE, COUNTER_KEY)
         for name in (NOOP, TOUCH_USER.name):  # also waits out the worker's start-up
             await producer.drain(name, plan.warmup)
-        rss = [(f"after warm-up ({2 * plan.warmup:,})", children_rss_mb(worker))]
+        rss = [(f"after warm-up ({2 * plan.warmup:,})", children_rss_mb(workers))]
         rounds, rest = divmod(plan.tasks, plan.round_size)
         sizes = [plan.round_size] * rounds + ([rest] if rest else [])
         for number, size in enumerate(sizes, 1):
@@ -217,7 +256,7 @@ async def measure(
                 await producer.run(kind, size)
             done = bare.done + recorded.done
             if done // RSS_EVERY > (done - 2 * size) // RSS_EVERY or number == len(sizes):
-                rss.append((f"after {done:,} tasks", children_rss_mb(worker)))
+                rss.append((f"after {done:,} tasks", children_rss_mb(workers)))
         await producer.run(slow, plan.slow_tasks)
     finally:
         await redis.aclose()
@@ -240,7 +279,7 @@ def report(
         rss[-1][1].get(pid, mb) - mb for pid, mb in rss[0][1].items()
     )  # per child, warm-up to the end
     lines = [
-        f"{setup.label} (-P {setup.pool} -c {setup.concurrency}); "
+        f"{setup.label} ({setup.flags}); "
         f"{plan.tasks:,} tasks of (a) and of (b) in rounds of "
         f"{plan.round_size:,}, alternating; {plan.slow_tasks:,} of (c); "
         f"worker synchronous_commit = {plan.synchronous_commit}.",
@@ -251,7 +290,7 @@ def report(
     for kind in (bare, recorded, slow):
         lines.append(
             f"{kind.label:<34}{kind.done:>7,} tasks {sum(kind.seconds):7.2f} s "
-            f"{kind.rate:7.1f} tasks/s"
+            f"{kind.rate:7.1f} tasks/s {kind.cpu_ms:6.2f} CPU ms/task"
         )
     lines += [
         "",
@@ -259,6 +298,8 @@ def report(
         f"{statistics.median(per_round):.2f}, max {max(per_round):.2f}); target >= 0.8: "
         f"{'met' if ratio >= 0.8 else 'MISSED'}",
         f"pooled runtime vs asyncio.run + NullPool: b/c = {recorded.rate / slow.rate:.1f}x",
+        f"at (b)'s CPU per task, one process (one core at most: the GIL) could not pass "
+        f"{1000 / recorded.cpu_ms:.0f} tasks/s",
         "",
         "worker processes' RSS (MB):",
         *(format_rss(label, snapshot) for label, snapshot in rss),
@@ -301,19 +342,21 @@ def main(argv: list[str] | None = None) -> None:
             ):
                 processes = Processes(Path(tmp), database, redis_url)
                 try:
-                    worker = start_worker(processes, setup, plan.synchronous_commit)
-                    found, rate = asyncio.run(measure(plan, setup, worker, database, redis_url))
+                    workers = start_workers(processes, setup, plan.synchronous_commit)
+                    found, rate = asyncio.run(measure(plan, setup, workers, database, redis_url))
                 finally:
                     processes.stop_all()
             lines += [*found, ""]
             rates.append(rate)
             asyncio.run(reset_users(database))
-        prefork, concurrent = rates
-        lines.append(
+        prefork, concurrent, two_concurrent = rates
+        lines += [
             f"(b) on the concurrent worker: {concurrent:.1f} tasks/s, on the prefork worker: "
             f"{prefork:.1f} tasks/s ({concurrent / prefork:.2f}x); target: not slower: "
-            f"{'met' if concurrent >= prefork else 'MISSED'}"
-        )
+            f"{'met' if concurrent >= prefork else 'MISSED'}",
+            f"(b) on two concurrent workers: {two_concurrent:.1f} tasks/s "
+            f"({two_concurrent / prefork:.2f}x the prefork worker)",
+        ]
     finally:
         asyncio.run(drop_database(database, "bench"))  # no run leaves its database behind
     print("\n".join(lines))
