@@ -149,7 +149,7 @@ def children_rss_mb(workers: list[Proc]) -> dict[int, float]:
 
 
 def cpu_seconds(members: list[psutil.Process]) -> float:
-    return sum(sum(member.cpu_times()[:2]) for member in members)
+    return sum(times.user + times.system for times in (m.cpu_times() for m in members))
 
 
 class Producer:
