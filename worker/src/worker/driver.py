@@ -69,12 +69,15 @@ async def fetch(
     connection: AsyncConnection, statement: Statement, params: Mapping[str, object]
 ) -> Sequence[Row]:
     """The rows `statement` returns (an UPDATE or INSERT with RETURNING, or a SELECT)."""
-    started = connection.sync_connection
-    if started is None or started.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+    sync_connection = connection.sync_connection
+    if (
+        sync_connection is None
+        or sync_connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT"
+    ):
         result = await connection.execute(statement, params)
         return [dict(row._mapping) for row in result]
     compiled = _compile(statement, connection.dialect)
-    driver = started.connection.driver_connection
+    driver = sync_connection.connection.driver_connection
     assert driver is not None  # the connection is open
     try:
         rows: Sequence[Row] = await driver.fetch(compiled.sql, *compiled.arguments(params))
